@@ -1,0 +1,477 @@
+//! Compiles every `kernels/**/*.cu` with nvcc and embeds the results (see `src/kernels/mod.rs`).
+//!
+//! For each kernel source `kernels/<family>/<name>.cu` it runs nvcc twice, in parallel with the
+//! other sources (at most `NUM_JOBS` nvcc processes at a time):
+//! - `--fatbin` with sm_80 and sm_90a SASS plus compute_80 PTX, for real GPUs, into
+//!   `OUT_DIR/<family>_<name>.fatbin`;
+//! - `--ptx -arch=sm_80`, for the PTX emulator, into `OUT_DIR/<family>_<name>.ptx`.
+//!
+//! nvcc's stderr (with `-Xptxas -v`: registers, spills and shared memory per kernel) goes to
+//! `OUT_DIR/<family>_<name>.log`; a summary with timings goes to `OUT_DIR/kernels_build.log`.
+//! The embedded list is written to `OUT_DIR/kernel_images.rs`.
+//!
+//! nvcc is looked for, in order: `$FERROTRON_NVCC` (authoritative when set), the cache that
+//! `scripts/install-cuda-toolchain.sh` fills (`$FERROTRON_CUDA_CACHE`, else
+//! `${XDG_CACHE_HOME:-$HOME/.cache}/ferrotron/cuda-13.0`), then `nvcc` on `PATH`.
+//! Without nvcc the crate still builds, with no kernel images and one warning; with
+//! `FERROTRON_REQUIRE_KERNELS=1` a missing nvcc or a kernel that fails to compile fails the build.
+//!
+//! Only std: build-dependencies would slow every build down.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Flags for the fatbin that real GPUs load (A100-class SASS, H100 SASS with the `a` features,
+/// and compute_80 PTX so that newer GPUs can JIT it).
+const FATBIN_FLAGS: &[&str] = &[
+    "--fatbin",
+    "-gencode=arch=compute_80,code=sm_80",
+    "-gencode=arch=compute_90a,code=sm_90a",
+    "-gencode=arch=compute_80,code=compute_80",
+    "-Xptxas",
+    "-v",
+];
+
+/// Flags for the PTX the emulator runs (the same PTX as the fatbin's compute_80 entry).
+const PTX_FLAGS: &[&str] = &["--ptx", "-arch=sm_80"];
+
+/// Flags common to both.
+const COMMON_FLAGS: &[&str] = &["-O3", "-std=c++17"];
+
+/// Environment variables that change what this script does.
+const ENV_VARS: &[&str] = &[
+    "FERROTRON_NVCC",
+    "FERROTRON_CUDA_CACHE",
+    "FERROTRON_REQUIRE_KERNELS",
+    "HOME",
+    "XDG_CACHE_HOME",
+];
+
+/// One kernel source file.
+struct Source {
+    /// Path relative to `kernels/` without `.cu`, with `/` separators: `elementwise/bias_gelu`.
+    name: String,
+    /// `name` with `/` replaced by `_`: the stem of every output file.
+    stem: String,
+    /// Absolute path of the `.cu` file.
+    path: PathBuf,
+}
+
+/// What one nvcc invocation produced.
+struct JobResult {
+    ok: bool,
+    command: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    let kernels_dir = manifest_dir.join("kernels");
+    let include_dir = kernels_dir.join("include");
+
+    println!("cargo:rerun-if-changed=build.rs");
+    for var in ENV_VARS {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let mut sources = Vec::new();
+    if kernels_dir.is_dir() {
+        watch_and_collect(&kernels_dir, &kernels_dir, &mut sources);
+    }
+    sources.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let require = env_flag("FERROTRON_REQUIRE_KERNELS");
+    let images_rs = out_dir.join("kernel_images.rs");
+
+    let nvcc = match find_nvcc() {
+        Ok(nvcc) => nvcc,
+        Err(why) => {
+            let msg = format!(
+                "CUDA kernels were not built: {why}. The crate works without them (CPU backend), \
+                 but the CUDA backend and the PTX emulator have no kernels. Fix: run \
+                 scripts/install-cuda-toolchain.sh (or set FERROTRON_NVCC=/path/to/nvcc), then \
+                 rebuild."
+            );
+            if require {
+                panic!("FERROTRON_REQUIRE_KERNELS is set and {msg}");
+            }
+            println!("cargo:warning={msg}");
+            write_images_rs(&images_rs, None, &[], sources.is_empty());
+            return;
+        }
+    };
+    let version = match nvcc_version(&nvcc) {
+        Ok(v) => v,
+        Err(why) => {
+            let msg = format!(
+                "CUDA kernels were not built: {} does not run ({why}). Fix: run \
+                 scripts/install-cuda-toolchain.sh (or set FERROTRON_NVCC), then rebuild.",
+                nvcc.display()
+            );
+            if require {
+                panic!("FERROTRON_REQUIRE_KERNELS is set and {msg}");
+            }
+            println!("cargo:warning={msg}");
+            write_images_rs(&images_rs, None, &[], sources.is_empty());
+            return;
+        }
+    };
+
+    // Two jobs per source (fatbin, ptx), run by a pool of NUM_JOBS workers.
+    let started = Instant::now();
+    let jobs: Vec<(usize, bool)> = (0..sources.len())
+        .flat_map(|i| [(i, true), (i, false)])
+        .collect();
+    let results = run_jobs(&nvcc, &include_dir, &out_dir, &sources, jobs);
+    let total = started.elapsed();
+
+    let mut summary = String::new();
+    let _ = writeln!(
+        summary,
+        "nvcc {} ({version}), {} sources, {:.2} s wall",
+        nvcc.display(),
+        sources.len(),
+        total.as_secs_f64()
+    );
+    let mut built = Vec::new();
+    let mut failures = Vec::new();
+    for (i, src) in sources.iter().enumerate() {
+        let fat = &results[&(i, true)];
+        let ptx = &results[&(i, false)];
+        let mut log = String::new();
+        for r in [fat, ptx] {
+            let _ = writeln!(
+                log,
+                "$ {}\n# {} in {:.2} s\n{}",
+                r.command,
+                if r.ok { "ok" } else { "FAILED" },
+                r.elapsed.as_secs_f64(),
+                r.stderr
+            );
+        }
+        let log_path = out_dir.join(format!("{}.log", src.stem));
+        let _ = fs::write(&log_path, &log);
+        let _ = writeln!(
+            summary,
+            "{}: fatbin {} {:.2} s, ptx {} {:.2} s",
+            src.name,
+            if fat.ok { "ok" } else { "FAILED" },
+            fat.elapsed.as_secs_f64(),
+            if ptx.ok { "ok" } else { "FAILED" },
+            ptx.elapsed.as_secs_f64()
+        );
+        if fat.ok && ptx.ok {
+            built.push(src);
+        } else {
+            failures.push((src, log_path, log));
+        }
+    }
+    let _ = fs::write(out_dir.join("kernels_build.log"), &summary);
+
+    if !failures.is_empty() {
+        if require {
+            let mut msg =
+                String::from("FERROTRON_REQUIRE_KERNELS is set and kernels failed to compile:\n");
+            for (src, _, log) in &failures {
+                let _ = writeln!(msg, "=== {} ===\n{log}", src.name);
+            }
+            panic!("{msg}");
+        }
+        for (src, log_path, log) in &failures {
+            let first_error = log
+                .lines()
+                .find(|l| l.contains("error"))
+                .unwrap_or("(no error line; see the log)");
+            println!(
+                "cargo:warning=CUDA kernel {} failed to compile and is not embedded: {} (full log: {})",
+                src.name,
+                first_error.trim(),
+                log_path.display()
+            );
+        }
+    }
+    write_images_rs(&images_rs, Some(&version), &built, failures.is_empty());
+}
+
+/// Emits `rerun-if-changed` for `dir`, every subdirectory (so new files are noticed) and every
+/// `.cu` / `.cuh` / `.h` file under it, and collects the `.cu` files.
+fn watch_and_collect(root: &Path, dir: &Path, sources: &mut Vec<Source>) {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        if path.is_dir() {
+            watch_and_collect(root, &path, sources);
+            continue;
+        }
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !matches!(ext, "cu" | "cuh" | "h") {
+            continue;
+        }
+        println!("cargo:rerun-if-changed={}", path.display());
+        if ext == "cu" {
+            let rel = path
+                .strip_prefix(root)
+                .expect("under kernels/")
+                .with_extension("");
+            let name = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            let stem = name.replace('/', "_");
+            sources.push(Source { name, stem, path });
+        }
+    }
+}
+
+/// Whether an environment variable is set to a true value (`1`, `true`, `yes`, `on`).
+fn env_flag(var: &str) -> bool {
+    env::var(var)
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
+        .unwrap_or(false)
+}
+
+/// Finds nvcc, or says where it looked.
+fn find_nvcc() -> Result<PathBuf, String> {
+    if let Some(explicit) = env::var_os("FERROTRON_NVCC").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(&explicit);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("FERROTRON_NVCC={} is not a file", p.display()))
+        };
+    }
+    let cache = match env::var_os("FERROTRON_CUDA_CACHE").filter(|v| !v.is_empty()) {
+        Some(c) => Some(PathBuf::from(c)),
+        None => env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|h| PathBuf::from(h).join(".cache"))
+            })
+            .map(|c| c.join("ferrotron").join("cuda-13.0")),
+    };
+    if let Some(cache) = &cache {
+        if let Some(p) = nvcc_in_cache(cache) {
+            return Ok(p);
+        }
+    }
+    if let Some(path) = env::var_os("PATH") {
+        for dir in env::split_paths(&path) {
+            let p = dir.join("nvcc");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(format!(
+        "no nvcc found (FERROTRON_NVCC unset, none in the cache {}, none on PATH)",
+        cache
+            .map(|c| c.display().to_string())
+            .unwrap_or_else(|| "(no HOME)".into())
+    ))
+}
+
+/// `<cache>/venv/lib/python3*/site-packages/nvidia/cu13/bin/nvcc`, if present.
+fn nvcc_in_cache(cache: &Path) -> Option<PathBuf> {
+    let lib = cache.join("venv").join("lib");
+    let mut pythons: Vec<PathBuf> = fs::read_dir(&lib)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+        .map(|e| e.path())
+        .collect();
+    pythons.sort();
+    pythons
+        .into_iter()
+        .map(|p| p.join("site-packages/nvidia/cu13/bin/nvcc"))
+        .find(|p| p.is_file())
+}
+
+/// nvcc's release, e.g. `13.0.88` from "Cuda compilation tools, release 13.0, V13.0.88".
+fn nvcc_version(nvcc: &Path) -> Result<String, String> {
+    let out = Command::new(nvcc)
+        .arg("--version")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "`nvcc --version` exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("release"))
+        .unwrap_or_else(|| text.lines().last().unwrap_or("unknown"));
+    Ok(line
+        .rsplit(", V")
+        .next()
+        .filter(|v| !v.contains(' '))
+        .unwrap_or(line.trim())
+        .to_string())
+}
+
+/// Runs the (source, is_fatbin) jobs on a small pool of threads, each driving one nvcc.
+fn run_jobs(
+    nvcc: &Path,
+    include_dir: &Path,
+    out_dir: &Path,
+    sources: &[Source],
+    jobs: Vec<(usize, bool)>,
+) -> std::collections::HashMap<(usize, bool), JobResult> {
+    let workers = env::var("NUM_JOBS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .or_else(|| thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(2)
+        .clamp(1, jobs.len().max(1));
+    let queue = Arc::new(Mutex::new(jobs.into_iter().rev().collect::<Vec<_>>()));
+    let results = Arc::new(Mutex::new(std::collections::HashMap::new()));
+    thread::scope(|s| {
+        for _ in 0..workers {
+            let queue = Arc::clone(&queue);
+            let results = Arc::clone(&results);
+            s.spawn(move || loop {
+                let Some((i, fatbin)) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let r = run_nvcc(nvcc, include_dir, out_dir, &sources[i], fatbin);
+                results.lock().unwrap().insert((i, fatbin), r);
+            });
+        }
+    });
+    Arc::try_unwrap(results)
+        .ok()
+        .expect("workers joined")
+        .into_inner()
+        .unwrap()
+}
+
+/// One nvcc invocation: the fatbin or the PTX of one source.
+fn run_nvcc(
+    nvcc: &Path,
+    include_dir: &Path,
+    out_dir: &Path,
+    src: &Source,
+    fatbin: bool,
+) -> JobResult {
+    let output = out_dir.join(format!(
+        "{}.{}",
+        src.stem,
+        if fatbin { "fatbin" } else { "ptx" }
+    ));
+    let _ = fs::remove_file(&output);
+    let mut cmd = Command::new(nvcc);
+    cmd.args(if fatbin { FATBIN_FLAGS } else { PTX_FLAGS })
+        .args(COMMON_FLAGS)
+        .arg("-I")
+        .arg(include_dir)
+        .arg(&src.path)
+        .arg("-o")
+        .arg(&output);
+    let command = format!("{cmd:?}").replace('"', "");
+    let started = Instant::now();
+    let (ok, stderr) = match cmd.output() {
+        Ok(out) => {
+            let mut stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            stderr.push_str(&String::from_utf8_lossy(&out.stdout));
+            let produced = fs::metadata(&output).map(|m| m.len() > 0).unwrap_or(false);
+            if out.status.success() && !produced {
+                stderr.push_str("nvcc succeeded but wrote no output\n");
+            }
+            (out.status.success() && produced, stderr)
+        }
+        Err(e) => (false, format!("could not run {}: {e}\n", nvcc.display())),
+    };
+    JobResult {
+        ok,
+        command,
+        stderr,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Writes `kernel_images.rs`: the embedded images, nvcc's version and whether every source built.
+fn write_images_rs(path: &Path, version: Option<&str>, built: &[&Source], complete: bool) {
+    let mut s = String::from(
+        "// Generated by build.rs: the CUDA kernel images embedded in this build.\n\n",
+    );
+    let _ = writeln!(
+        s,
+        "/// nvcc's release (e.g. `13.0.88`) when build.rs found nvcc, `None` when it did not.\n\
+         pub const NVCC_VERSION: Option<&str> = {};\n",
+        match version {
+            Some(v) => format!("Some({v:?})"),
+            None => "None".into(),
+        }
+    );
+    let _ = writeln!(
+        s,
+        "/// Whether nvcc was found and every `.cu` under `kernels/` compiled.\n\
+         const ALL_KERNELS_BUILT: bool = {};\n",
+        version.is_some() && complete
+    );
+    for src in built {
+        let _ = writeln!(
+            s,
+            "static {ident}: &AlignedBytes<[u8]> = &AlignedBytes {{\n    _align: [],\n    \
+             bytes: *include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{stem}.fatbin\")),\n}};\n",
+            ident = fatbin_ident(&src.stem),
+            stem = src.stem
+        );
+    }
+    s.push_str("/// Every kernel image in this build, sorted by name.\n");
+    s.push_str("pub static KERNEL_IMAGES: &[KernelImage] = &[\n");
+    for src in built {
+        let _ = writeln!(
+            s,
+            "    KernelImage {{\n        name: {name:?},\n        fatbin: &{ident}.bytes,\n        \
+             ptx: include_str!(concat!(env!(\"OUT_DIR\"), \"/{stem}.ptx\")),\n    }},",
+            name = src.name,
+            ident = fatbin_ident(&src.stem),
+            stem = src.stem
+        );
+    }
+    s.push_str("];\n");
+    fs::write(path, s).expect("write kernel_images.rs");
+}
+
+/// `elementwise_bias_gelu` -> `ELEMENTWISE_BIAS_GELU_FATBIN`.
+fn fatbin_ident(stem: &str) -> String {
+    let mut id: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    id.push_str("_FATBIN");
+    if id.starts_with(|c: char| c.is_ascii_digit()) {
+        id.insert(0, '_');
+    }
+    id
+}

@@ -1,0 +1,93 @@
+/*
+ * ferrotron_params.h: the parameter structs of every ferrotron CUDA kernel.
+ *
+ * THIS FILE IS THE ABI'S SINGLE SOURCE. Kernels (kernels/<family>/<name>.cu) take these structs
+ * BY VALUE as their only argument; Rust reads the very same definitions through bindgen, whose
+ * output is committed as src/kernels/abi.rs. Never hand-edit src/kernels/abi.rs: change this
+ * header, then regenerate it with
+ *
+ *     FERROTRON_BLESS=1 cargo test --test kernel_abi
+ *
+ * (bindgen needs libclang: `apt-get install libclang-dev`). Without FERROTRON_BLESS that test
+ * fails when the committed file is stale, so the two cannot drift apart silently. A new struct
+ * also needs its `unsafe impl DeviceRepr` in src/kernels/mod.rs.
+ *
+ * Rules, so that one layout holds for nvcc, clang/bindgen and the PTX emulator alike:
+ *   - plain C only (no C++ features, no CUDA types): this header is also parsed as C by bindgen;
+ *   - device pointers are `const void*` (inputs) / `void*` (outputs): the element type is the
+ *     kernel's suffix (_f32, _bf16), not the struct's;
+ *   - sizes and counts are uint64_t; order fields so that no padding is needed;
+ *   - matrices are row-major and dense: element (r, c) is at index r * cols + c.
+ */
+#ifndef FERROTRON_PARAMS_H
+#define FERROTRON_PARAMS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/**
+ * Parameters of `ft_bias_gelu_fwd_{f32,bf16}`: `y[r, c] = gelu(x[r, c] + bias[c])`.
+ *
+ * GeLU is Megatron's tanh approximation, evaluated in f32 on `z = x + bias` (formed in f32), the
+ * result rounded once to the element type. `y == x` (in place) is allowed; `y` may not overlap
+ * `bias`.
+ */
+typedef struct FtBiasGeluFwdParams {
+    /** Input, `[rows, cols]` row-major. */
+    const void* x;
+    /** Bias, `[cols]`. */
+    const void* bias;
+    /** Output, `[rows, cols]` row-major. */
+    void* y;
+    /** Number of rows (e.g. tokens). */
+    uint64_t rows;
+    /** Number of columns (e.g. hidden / tp); the bias length. */
+    uint64_t cols;
+} FtBiasGeluFwdParams;
+
+/**
+ * Parameters of `ft_bias_gelu_bwd_{f32,bf16}`: `dx[r, c] = dy[r, c] * gelu'(x[r, c] + bias[c])`.
+ *
+ * `x` and `bias` are the forward inputs; dbias is the column sum of `dx` (`FtColumnSumParams`).
+ * `dx == dy` (in place) is allowed.
+ */
+typedef struct FtBiasGeluBwdParams {
+    /** Gradient of the output, `[rows, cols]` row-major. */
+    const void* dy;
+    /** The forward input, `[rows, cols]` row-major. */
+    const void* x;
+    /** The forward bias, `[cols]`. */
+    const void* bias;
+    /** Gradient of the input (of `x + bias`), `[rows, cols]` row-major. */
+    void* dx;
+    /** Number of rows. */
+    uint64_t rows;
+    /** Number of columns; the bias length. */
+    uint64_t cols;
+} FtBiasGeluBwdParams;
+
+/**
+ * Parameters of `ft_column_sum_{f32,bf16}`: `out[c] = x[0, c] + x[1, c] + ... + x[rows - 1, c]`.
+ *
+ * Adds the rows in order with an f32 accumulator and rounds once to the element type, so the
+ * result is bitwise the same run after run. Used for dbias. `out` may not overlap `x`.
+ */
+typedef struct FtColumnSumParams {
+    /** Input, `[rows, cols]` row-major. */
+    const void* x;
+    /** Output, `[cols]`. */
+    void* out;
+    /** Number of rows summed over. */
+    uint64_t rows;
+    /** Number of columns; the output length. */
+    uint64_t cols;
+} FtColumnSumParams;
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* FERROTRON_PARAMS_H */

@@ -1,0 +1,174 @@
+//! Devices: a handle to one backend instance (the CPU, or one CUDA GPU) and its configuration.
+
+use crate::backend::cuda::CudaDevice;
+use crate::error::Result;
+use crate::stream::{Event, Stream};
+use std::fmt;
+use std::sync::Arc;
+
+/// Which backend a device runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// Host memory; each stream is a worker thread. Always available.
+    Cpu,
+    /// A CUDA GPU through the driver API (loaded at run time).
+    Cuda,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
+        })
+    }
+}
+
+/// Per-device settings.
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    /// Checked mode: every buffer access is checked against the stream order established by
+    /// events, and a race is an [`crate::Error::UnsynchronizedAccess`]. Default: on in debug
+    /// builds (and so in tests), off in release unless `FERROTRON_CHECKED=1`.
+    pub checked: bool,
+    /// Threads a single CPU op may use (GEMM). Default 1: on the CPU backend ranks are threads
+    /// already, and oversubscribing the cores only slows everyone down.
+    pub threads: usize,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        let env_checked = std::env::var("FERROTRON_CHECKED").ok();
+        let checked = match env_checked.as_deref() {
+            Some("1") | Some("true") => true,
+            Some("0") | Some("false") => false,
+            _ => cfg!(debug_assertions),
+        };
+        DeviceConfig {
+            checked,
+            threads: 1,
+        }
+    }
+}
+
+/// A handle to one device. Cheap to clone; clones are the same device.
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<DeviceInner>,
+}
+
+struct DeviceInner {
+    kind: BackendKind,
+    ordinal: usize,
+    config: DeviceConfig,
+    label: String,
+    cuda: Option<CudaDevice>,
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Device({})", self.inner.label)
+    }
+}
+
+impl Device {
+    /// The CPU backend with the default configuration.
+    pub fn cpu() -> Device {
+        Device::cpu_with(DeviceConfig::default())
+    }
+
+    /// The CPU backend with an explicit configuration.
+    pub fn cpu_with(config: DeviceConfig) -> Device {
+        Device {
+            inner: Arc::new(DeviceInner {
+                kind: BackendKind::Cpu,
+                ordinal: 0,
+                config,
+                label: "cpu".to_string(),
+                cuda: None,
+            }),
+        }
+    }
+
+    /// CUDA GPU `ordinal`. Returns [`crate::Error::NoCudaDriver`] on a machine without the NVIDIA
+    /// driver (never panics) and [`crate::Error::NoCudaDevice`] for an ordinal that is not there.
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        Device::cuda_with(ordinal, DeviceConfig::default())
+    }
+
+    /// CUDA GPU `ordinal` with an explicit configuration.
+    pub fn cuda_with(ordinal: usize, config: DeviceConfig) -> Result<Device> {
+        let cu = CudaDevice::new(ordinal)?;
+        Ok(Device {
+            inner: Arc::new(DeviceInner {
+                kind: BackendKind::Cuda,
+                ordinal,
+                config,
+                label: format!("cuda:{ordinal}"),
+                cuda: Some(cu),
+            }),
+        })
+    }
+
+    /// A device of the given kind (ordinal ignored for the CPU).
+    pub fn new(kind: BackendKind, ordinal: usize) -> Result<Device> {
+        match kind {
+            BackendKind::Cpu => Ok(Device::cpu()),
+            BackendKind::Cuda => Device::cuda(ordinal),
+        }
+    }
+
+    /// The backend.
+    pub fn kind(&self) -> BackendKind {
+        self.inner.kind
+    }
+
+    /// The ordinal (0 for the CPU).
+    pub fn ordinal(&self) -> usize {
+        self.inner.ordinal
+    }
+
+    /// `cpu` or `cuda:N`.
+    pub fn label(&self) -> &str {
+        &self.inner.label
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.inner.config
+    }
+
+    /// Whether checked mode is on.
+    pub fn is_checked(&self) -> bool {
+        self.inner.config.checked
+    }
+
+    /// A new stream on this device.
+    pub fn new_stream(&self) -> Result<Stream> {
+        Stream::create(self, None)
+    }
+
+    /// A new stream with a name used in error messages and traces (e.g. `"compute"`, `"comm"`).
+    pub fn new_named_stream(&self, name: &str) -> Result<Stream> {
+        Stream::create(self, Some(name))
+    }
+
+    /// A new, never-recorded event.
+    pub fn new_event(&self) -> Result<Event> {
+        Event::new(self)
+    }
+
+    /// Whether memory of `other` can be used by streams of `self`: all CPU devices share host
+    /// memory; CUDA devices must be the same GPU.
+    pub fn compatible(&self, other: &Device) -> bool {
+        match (self.inner.kind, other.inner.kind) {
+            (BackendKind::Cpu, BackendKind::Cpu) => true,
+            (BackendKind::Cuda, BackendKind::Cuda) => self.inner.ordinal == other.inner.ordinal,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn cuda_state(&self) -> Option<&CudaDevice> {
+        self.inner.cuda.as_ref()
+    }
+}

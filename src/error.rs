@@ -1,0 +1,227 @@
+//! The crate's error type. Every variant names what was wrong, so a caller (or a person reading a
+//! log from rank 7 of 64) can act on it without a debugger.
+
+use crate::dtype::DType;
+
+/// Result alias used throughout ferrotron.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in ferrotron, as a value.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum Error {
+    /// Two shapes that must agree do not.
+    #[error("{op}: shape mismatch for {what}: expected {expected:?}, got {got:?}")]
+    ShapeMismatch {
+        /// The operation that checked the shapes.
+        op: &'static str,
+        /// Which operand (e.g. `"bias"`, `"a x b inner dimension"`).
+        what: String,
+        /// The shape the op needed.
+        expected: Vec<usize>,
+        /// The shape it was given.
+        got: Vec<usize>,
+    },
+    /// An operand has the wrong number of dimensions.
+    #[error("{op}: {what} must have rank {expected}, got shape {got:?}")]
+    RankMismatch {
+        /// The operation.
+        op: &'static str,
+        /// Which operand.
+        what: String,
+        /// The rank the op needed.
+        expected: usize,
+        /// The shape it was given.
+        got: Vec<usize>,
+    },
+    /// A dimension that must be non-zero is zero.
+    #[error("{op}: {what} has a zero dimension (shape {shape:?})")]
+    ZeroDim {
+        /// The operation.
+        op: &'static str,
+        /// Which operand.
+        what: String,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// An operand has the wrong element type.
+    #[error("{op}: {what} has dtype {got}, expected {expected}")]
+    DTypeMismatch {
+        /// The operation.
+        op: &'static str,
+        /// Which operand.
+        what: String,
+        /// The dtype the op needed.
+        expected: DType,
+        /// The dtype it was given.
+        got: DType,
+    },
+    /// The op does not support this dtype (combination) at all.
+    #[error("{op}: unsupported dtype {dtype} for {what}")]
+    UnsupportedDType {
+        /// The operation.
+        op: &'static str,
+        /// Which operand.
+        what: String,
+        /// The dtype.
+        dtype: DType,
+    },
+    /// A dimension must split evenly over a parallel group and does not.
+    #[error("{what} = {dim} is not divisible by {parts} ({why})")]
+    NotDivisible {
+        /// The dimension's name (e.g. `"hidden"`).
+        what: String,
+        /// Its size.
+        dim: usize,
+        /// The number of parts it must split into.
+        parts: usize,
+        /// Which parallel size asked for the split (e.g. `"tensor-parallel size"`).
+        why: String,
+    },
+    /// A tensor's element count does not match the data or shape it was built from.
+    #[error("{what}: {got} elements given for shape {shape:?} ({expected} expected)")]
+    ElementCount {
+        /// What was being built.
+        what: String,
+        /// The shape.
+        shape: Vec<usize>,
+        /// Elements the shape holds.
+        expected: usize,
+        /// Elements given.
+        got: usize,
+    },
+    /// A class index (label) lies outside `[0, classes)`.
+    #[error("{op}: index {index} at position {position} is out of range for {classes} classes")]
+    IndexOutOfRange {
+        /// The operation.
+        op: &'static str,
+        /// Where in the index tensor.
+        position: usize,
+        /// The bad index.
+        index: i64,
+        /// The number of classes.
+        classes: usize,
+    },
+    /// An invalid scalar argument (e.g. a negative epsilon or a learning rate that is NaN).
+    #[error("{op}: invalid argument {what}: {why}")]
+    InvalidArgument {
+        /// The operation.
+        op: &'static str,
+        /// The argument.
+        what: String,
+        /// Why it is invalid.
+        why: String,
+    },
+    /// Operands live on different devices, or a tensor is used with a stream of another device.
+    #[error("{op}: {what} lives on {got}, but the stream is on {expected}")]
+    DeviceMismatch {
+        /// The operation.
+        op: &'static str,
+        /// Which operand.
+        what: String,
+        /// The stream's device.
+        expected: String,
+        /// The operand's device.
+        got: String,
+    },
+    /// The same buffer is passed as two operands where that is not allowed (e.g. input and output).
+    #[error("{op}: {first} and {second} are the same buffer {buffer}")]
+    Aliasing {
+        /// The operation.
+        op: &'static str,
+        /// One operand.
+        first: String,
+        /// The other operand.
+        second: String,
+        /// The buffer's id.
+        buffer: u64,
+    },
+    /// Checked mode: a stream touched a buffer whose last conflicting access (on another stream)
+    /// is not ordered before it by an event, i.e. a data race that would silently corrupt results.
+    #[error(
+        "unsynchronized access: {access} of buffer {buffer} on stream {stream} is not ordered after \
+         its {previous} on stream {other_stream} (op #{other_position} there); record an event on \
+         stream {other_stream} after that op and wait on it from stream {stream}"
+    )]
+    UnsynchronizedAccess {
+        /// The buffer (its id and, when known, its label).
+        buffer: String,
+        /// The stream making the new access.
+        stream: String,
+        /// `"read"` or `"write"`.
+        access: &'static str,
+        /// The stream of the earlier conflicting access.
+        other_stream: String,
+        /// `"write"` or `"read"`: the earlier access kind.
+        previous: &'static str,
+        /// Position of that access in its stream (1-based count of ops enqueued there).
+        other_position: u64,
+    },
+    /// An op failed while it ran asynchronously on a stream; reported at the next host wait.
+    #[error("stream {stream}: asynchronous failure in {op}: {message}")]
+    AsyncFailure {
+        /// The stream.
+        stream: String,
+        /// The op that failed.
+        op: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A host wait ran past its deadline.
+    #[error("timed out after {seconds:.1} s waiting for {what}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long it waited.
+        seconds: f64,
+    },
+    /// No CUDA driver (`libcuda.so`) could be loaded on this machine.
+    #[error("no CUDA driver: libcuda.so could not be loaded ({detail})")]
+    NoCudaDriver {
+        /// Details from the probe.
+        detail: String,
+    },
+    /// The driver loaded but there is no device with this ordinal.
+    #[error("no CUDA device {ordinal} (the driver reports {count})")]
+    NoCudaDevice {
+        /// The ordinal asked for.
+        ordinal: usize,
+        /// Devices present.
+        count: usize,
+    },
+    /// The crate was built without this kernel image (no nvcc at build time).
+    #[error(
+        "kernel image {name} is missing: ferrotron was built without nvcc (run \
+         scripts/install-cuda-toolchain.sh, then rebuild)"
+    )]
+    KernelImageMissing {
+        /// The kernel module's name (e.g. `elementwise/bias_gelu`).
+        name: String,
+    },
+    /// A CUDA driver call failed.
+    #[error("CUDA driver error in {call}: {message}")]
+    Cuda {
+        /// The call (or ferrotron step) that failed.
+        call: String,
+        /// The driver's message.
+        message: String,
+    },
+    /// The op is not available on this backend (yet).
+    #[error("{op} is not implemented on the {backend} backend")]
+    Unsupported {
+        /// The operation.
+        op: &'static str,
+        /// The backend.
+        backend: String,
+    },
+}
+
+impl Error {
+    /// Convenience for [`Error::InvalidArgument`].
+    pub fn invalid(op: &'static str, what: impl Into<String>, why: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            op,
+            what: what.into(),
+            why: why.into(),
+        }
+    }
+}

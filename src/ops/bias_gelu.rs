@@ -1,0 +1,90 @@
+//! Fused bias + GeLU (tanh approximation, Megatron's constants), forward and backward.
+
+use super::launch::{enqueue_host, float_dispatch, prepare};
+use super::validate;
+use crate::backend::cpu::ops::bias_gelu as cpu;
+use crate::backend::cuda::elementwise as cuda;
+use crate::error::Result;
+use crate::stream::{Stream, StreamImpl};
+use crate::tensor::{view, view_mut, Tensor};
+
+fn check_x_bias(op: &'static str, x: &Tensor, bias: &Tensor) -> Result<(usize, usize)> {
+    validate::min_rank(op, "x", x, 1)?;
+    validate::nonzero(op, "x", x)?;
+    validate::float(op, "x", x)?;
+    let cols = x.shape().last();
+    validate::shape(op, "bias", bias, &[cols])?;
+    validate::dtype(op, "bias", bias, x.dtype())?;
+    Ok((x.shape().rows(), cols))
+}
+
+/// `y = gelu(x + bias)`, `bias` broadcast along the last dimension of `x`.
+pub fn bias_gelu_fwd(stream: &Stream, x: &Tensor, bias: &Tensor, y: &mut Tensor) -> Result<()> {
+    const OP: &str = "bias_gelu_fwd";
+    let (rows, cols) = check_x_bias(OP, x, bias)?;
+    validate::shape(OP, "y", y, x.dims())?;
+    validate::dtype(OP, "y", y, x.dtype())?;
+    let reads = [("x", x), ("bias", bias)];
+    let writes = [("y", &*y)];
+    prepare(stream, OP, &reads, &writes)?;
+    let dtype = x.dtype();
+    match stream.imp() {
+        StreamImpl::Cpu(_) => {
+            enqueue_host(stream, OP, &reads, &writes, move |l| {
+                let (r, mut w) = l.io();
+                float_dispatch!(dtype, T => cpu::bias_gelu_fwd::<T>(
+                    rows, cols, view(r[0]), view(r[1]), view_mut(&mut *w[0])
+                ));
+                Ok(())
+            });
+            Ok(())
+        }
+        StreamImpl::Cuda(s) => cuda::bias_gelu_fwd(stream, s, x, bias, y, rows, cols),
+    }
+}
+
+/// Backward of [`bias_gelu_fwd`]: `dx = dy * gelu'(x + bias)` and, when given,
+/// `dbias = sum over rows of dx` (fixed summation order: deterministic).
+pub fn bias_gelu_bwd(
+    stream: &Stream,
+    dy: &Tensor,
+    x: &Tensor,
+    bias: &Tensor,
+    dx: &mut Tensor,
+    dbias: Option<&mut Tensor>,
+) -> Result<()> {
+    const OP: &str = "bias_gelu_bwd";
+    let (rows, cols) = check_x_bias(OP, x, bias)?;
+    validate::shape(OP, "dy", dy, x.dims())?;
+    validate::dtype(OP, "dy", dy, x.dtype())?;
+    validate::shape(OP, "dx", dx, x.dims())?;
+    validate::dtype(OP, "dx", dx, x.dtype())?;
+    if let Some(db) = dbias.as_deref() {
+        validate::shape(OP, "dbias", db, &[cols])?;
+        validate::dtype(OP, "dbias", db, x.dtype())?;
+    }
+    let reads = [("dy", dy), ("x", x), ("bias", bias)];
+    let mut writes: Vec<(&str, &Tensor)> = vec![("dx", &*dx)];
+    if let Some(db) = dbias.as_deref() {
+        writes.push(("dbias", db));
+    }
+    prepare(stream, OP, &reads, &writes)?;
+    let dtype = x.dtype();
+    match stream.imp() {
+        StreamImpl::Cpu(_) => {
+            enqueue_host(stream, OP, &reads, &writes, move |l| {
+                let (r, mut w) = l.io();
+                let mut outs = w.iter_mut();
+                let dxd = outs.next().expect("dx");
+                let dbd = outs.next();
+                float_dispatch!(dtype, T => cpu::bias_gelu_bwd::<T>(
+                    rows, cols, view(r[0]), view(r[1]), view(r[2]), view_mut(dxd),
+                    dbd.map(|d| view_mut::<T>(d)),
+                ));
+                Ok(())
+            });
+            Ok(())
+        }
+        StreamImpl::Cuda(s) => cuda::bias_gelu_bwd(stream, s, dy, x, bias, dx, dbias, rows, cols),
+    }
+}

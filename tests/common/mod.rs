@@ -1,0 +1,29 @@
+//! Shared test helpers.
+#![allow(dead_code)]
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Runs `body` on its own thread and fails the test with a message if it does not finish within
+/// `secs` seconds, so a hang in a stream, an event or a collective can never stall CI.
+pub fn watchdog<T: Send + 'static>(secs: u64, name: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name(format!("watchdog:{name}"))
+        .spawn(move || {
+            let out = body();
+            let _ = tx.send(());
+            out
+        })
+        .expect("spawn test thread");
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(()) => handle.join().expect("test body panicked"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("watchdog: test `{name}` did not finish within {secs} s (a hang?)")
+        }
+    }
+}
