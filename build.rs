@@ -8,7 +8,9 @@
 //!
 //! nvcc's stderr (with `-Xptxas -v`: registers, spills and shared memory per kernel) goes to
 //! `OUT_DIR/<family>_<name>.log`; a summary with timings goes to `OUT_DIR/kernels_build.log`.
-//! The embedded list is written to `OUT_DIR/kernel_images.rs`.
+//! The embedded list is written to `OUT_DIR/kernel_images.rs`. A source whose inputs (its text,
+//! every header under `kernels/`, the flags, nvcc) are unchanged since its last successful
+//! compilation (`OUT_DIR/<family>_<name>.stamp`) is not compiled again.
 //!
 //! nvcc is looked for, in order: `$FERROTRON_NVCC` (authoritative when set), the cache that
 //! `scripts/install-cuda-toolchain.sh` fills (`$FERROTRON_CUDA_CACHE`, else
@@ -82,8 +84,9 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let mut sources = Vec::new();
+    let mut headers = Vec::new();
     if kernels_dir.is_dir() {
-        watch_and_collect(&kernels_dir, &kernels_dir, &mut sources);
+        watch_and_collect(&kernels_dir, &kernels_dir, &mut sources, &mut headers);
     }
     sources.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -124,9 +127,22 @@ fn main() {
         }
     };
 
-    // Two jobs per source (fatbin, ptx), run by a pool of NUM_JOBS workers.
+    // A source whose inputs (its text, every header, the flags, nvcc) hash to the stamp left by
+    // its last successful compilation is not compiled again.
+    let keys: Vec<String> = sources
+        .iter()
+        .map(|src| input_key(src, &headers, &nvcc, &version))
+        .collect();
+    let cached: Vec<bool> = sources
+        .iter()
+        .zip(&keys)
+        .map(|(src, key)| is_cached(&out_dir, src, key))
+        .collect();
+
+    // Two jobs per source to compile (fatbin, ptx), run by a pool of NUM_JOBS workers.
     let started = Instant::now();
     let jobs: Vec<(usize, bool)> = (0..sources.len())
+        .filter(|&i| !cached[i])
         .flat_map(|i| [(i, true), (i, false)])
         .collect();
     let results = run_jobs(&nvcc, &include_dir, &out_dir, &sources, jobs);
@@ -143,6 +159,12 @@ fn main() {
     let mut built = Vec::new();
     let mut failures = Vec::new();
     for (i, src) in sources.iter().enumerate() {
+        let stamp = out_dir.join(format!("{}.stamp", src.stem));
+        if cached[i] {
+            let _ = writeln!(summary, "{}: cached (inputs unchanged)", src.name);
+            built.push(src);
+            continue;
+        }
         let fat = &results[&(i, true)];
         let ptx = &results[&(i, false)];
         let mut log = String::new();
@@ -168,8 +190,10 @@ fn main() {
             ptx.elapsed.as_secs_f64()
         );
         if fat.ok && ptx.ok {
+            let _ = fs::write(&stamp, &keys[i]);
             built.push(src);
         } else {
+            let _ = fs::remove_file(&stamp);
             failures.push((src, log_path, log));
         }
     }
@@ -190,7 +214,8 @@ fn main() {
                 .find(|l| l.contains("error"))
                 .unwrap_or("(no error line; see the log)");
             println!(
-                "cargo:warning=CUDA kernel {} failed to compile and is not embedded: {} (full log: {})",
+                "cargo:warning=CUDA kernel {} failed to compile and is not embedded: {} \
+                 (full log: {})",
                 src.name,
                 first_error.trim(),
                 log_path.display()
@@ -201,8 +226,13 @@ fn main() {
 }
 
 /// Emits `rerun-if-changed` for `dir`, every subdirectory (so new files are noticed) and every
-/// `.cu` / `.cuh` / `.h` file under it, and collects the `.cu` files.
-fn watch_and_collect(root: &Path, dir: &Path, sources: &mut Vec<Source>) {
+/// `.cu` / `.cuh` / `.h` file under it, and collects the `.cu` files and the headers.
+fn watch_and_collect(
+    root: &Path,
+    dir: &Path,
+    sources: &mut Vec<Source>,
+    headers: &mut Vec<PathBuf>,
+) {
     println!("cargo:rerun-if-changed={}", dir.display());
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -211,7 +241,7 @@ fn watch_and_collect(root: &Path, dir: &Path, sources: &mut Vec<Source>) {
     paths.sort();
     for path in paths {
         if path.is_dir() {
-            watch_and_collect(root, &path, sources);
+            watch_and_collect(root, &path, sources, headers);
             continue;
         }
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -231,6 +261,8 @@ fn watch_and_collect(root: &Path, dir: &Path, sources: &mut Vec<Source>) {
                 .join("/");
             let stem = name.replace('/', "_");
             sources.push(Source { name, stem, path });
+        } else {
+            headers.push(path);
         }
     }
 }
@@ -474,4 +506,51 @@ fn fatbin_ident(stem: &str) -> String {
         id.insert(0, '_');
     }
     id
+}
+
+/// A hash of everything a compilation depends on: the source, every header under `kernels/` (any
+/// source may include any of them), the flags and the compiler.
+fn input_key(src: &Source, headers: &[PathBuf], nvcc: &Path, version: &str) -> String {
+    let mut h = Fnv1a::default();
+    for flag in FATBIN_FLAGS.iter().chain(PTX_FLAGS).chain(COMMON_FLAGS) {
+        h.write(flag.as_bytes());
+    }
+    h.write(nvcc.as_os_str().as_encoded_bytes());
+    h.write(version.as_bytes());
+    for path in std::iter::once(&src.path).chain(headers) {
+        h.write(path.as_os_str().as_encoded_bytes());
+        h.write(&fs::read(path).unwrap_or_default());
+    }
+    format!("{:016x}\n", h.0)
+}
+
+/// Whether `src`'s outputs exist and its stamp matches `key`.
+fn is_cached(out_dir: &Path, src: &Source, key: &str) -> bool {
+    let nonempty = |ext: &str| {
+        fs::metadata(out_dir.join(format!("{}.{ext}", src.stem)))
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)
+    };
+    fs::read_to_string(out_dir.join(format!("{}.stamp", src.stem))).is_ok_and(|s| s == key)
+        && nonempty("fatbin")
+        && nonempty("ptx")
+}
+
+/// 64-bit FNV-1a: small, deterministic across toolchains, good enough to detect changed inputs.
+/// Each write is length-prefixed so that field boundaries count.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }

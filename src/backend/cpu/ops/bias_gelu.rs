@@ -1,6 +1,7 @@
 //! CPU fast path of the fused bias + GeLU (Megatron's tanh approximation), forward and backward,
 //! on row-major `[rows, cols]` slices. Arithmetic in f32; one rounding per stored value.
 
+use super::softmax::exp_f32;
 use crate::dtype::Element;
 
 /// `sqrt(2 / pi)`.
@@ -10,26 +11,39 @@ const K1: f32 = 0.044_715;
 /// `3 * 0.044715 * sqrt(2 / pi)`, the derivative's `z^2` coefficient.
 const K2: f32 = 3.0 * 0.044_715 * 0.797_884_6;
 
-/// `gelu(z) = 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))` in f32.
+// With u = sqrt(2/pi) (z + 0.044715 z^3) and s = sigmoid(2u) = 1 / (1 + e^(-2u)) we have
+// 1 + tanh(u) = 2s and 1 - tanh(u)^2 = 4 s (1 - s), so
+//   gelu(z)  = z s
+//   gelu'(z) = 2 z s (1 - s) (sqrt(2/pi) + 3 * 0.044715 * sqrt(2/pi) z^2) + s.
+// This needs one exp (vectorizable, see `exp_f32`) instead of a libm tanh, and `z s` keeps full
+// relative accuracy for very negative z, where 0.5 z (1 + tanh(u)) cancels.
+
+/// `gelu(z) = 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))` in f32, computed as `z s`.
 #[inline(always)]
 fn gelu(z: f32) -> f32 {
-    let t = (K0 * (z + K1 * z * z * z)).tanh();
-    0.5 * z * (1.0 + t)
+    let u = K0 * (z + K1 * z * z * z);
+    z / (1.0 + exp_f32(-2.0 * u))
 }
 
-/// `gelu'(z) = 0.5 z (1 - t^2) (sqrt(2/pi) + 3 * 0.044715 * sqrt(2/pi) z^2) + 0.5 (1 + t)`.
+/// `gelu'(z) = 0.5 z (1 - t^2) (sqrt(2/pi) + 3 * 0.044715 * sqrt(2/pi) z^2) + 0.5 (1 + t)`
+/// with `t = tanh(u)`, computed in the sigmoid form above.
 #[inline(always)]
 fn gelu_grad(z: f32) -> f32 {
-    let t = (K0 * (z + K1 * z * z * z)).tanh();
-    let sech2 = 1.0 - t * t;
-    // Where tanh has saturated (sech2 == 0) the first term is exactly 0; without this select a
-    // huge finite z would give 0 * inf = NaN. NaN inputs still propagate (NaN != 0).
-    let first = if sech2 == 0.0 {
+    let u = K0 * (z + K1 * z * z * z);
+    let e = exp_f32(-2.0 * u);
+    let s = 1.0 / (1.0 + e);
+    // 1 - s = e s, exact in form; where e overflowed (z very negative) s = 0 and 1 - s = 1.
+    // A NaN e is not infinite, so it propagates.
+    let one_minus_s = if e == f32::INFINITY { 1.0 } else { e * s };
+    let sp = s * one_minus_s;
+    // Where the sigmoid has saturated (sp == 0) the first term is exactly 0; without this
+    // select a huge finite z would give 0 * inf = NaN. NaN inputs still propagate (NaN != 0).
+    let first = if sp == 0.0 {
         0.0
     } else {
-        0.5 * z * sech2 * (K0 + K2 * z * z)
+        2.0 * z * sp * (K0 + K2 * z * z)
     };
-    first + 0.5 * (1.0 + t)
+    first + s
 }
 
 /// Forward: `y[r, c] = gelu(x[r, c] + bias[c])` for `x`, `y` of shape `[rows, cols]`.
@@ -176,20 +190,22 @@ mod tests {
 
     #[test]
     fn scalar_gelu_matches_reference() {
-        for &z in &[
-            -20.0, -5.0, -1.0, -0.1, 0.0, 0.3, 1.0, 2.5, 8.0, 1e10, -1e10, 1e30, -1e30,
-        ] {
-            let tol = 1e-6 + 1e-5 * gelu_ref(z).abs();
+        let grid = (-1200..=1200).map(|i| i as f32 * 0.01);
+        let special = [-1e30f32, -1e10, -20.0, -10.05, -1e-6, 1e-6, 1e10, 1e30];
+        for z in grid.chain(special) {
+            let zd = z as f64;
+            let (y, g) = (gelu(z) as f64, gelu_grad(z) as f64);
+            let (y_ref, g_ref) = (gelu_ref(zd), gelu_grad_ref(zd));
             assert!(
-                (gelu(z as f32) as f64 - gelu_ref(z)).abs() <= tol,
-                "gelu({z})"
+                (y - y_ref).abs() <= 1e-7 + 1e-5 * y_ref.abs(),
+                "gelu({z}) = {y}, want {y_ref}"
             );
-            let g = gelu_grad(z as f32) as f64;
             assert!(
-                (g - gelu_grad_ref(z)).abs() <= 1e-6 + 1e-5 * gelu_grad_ref(z).abs(),
-                "gelu'({z}) = {g}"
+                (g - g_ref).abs() <= 1e-6 + 1e-5 * g_ref.abs(),
+                "gelu'({z}) = {g}, want {g_ref}"
             );
         }
+        assert!(gelu(f32::NAN).is_nan() && gelu_grad(f32::NAN).is_nan());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (per-row loss, always f32) and backward. Arithmetic in f32; reductions in a fixed order
 //! (bitwise reproducible).
 
+use super::softmax::exp_f32;
 use crate::dtype::Element;
 
 /// Largest logit of a row as f32 (`-inf` for an empty row). A NaN may be skipped here; it
@@ -47,7 +48,7 @@ fn sum_lanes(x: &[f32]) -> f32 {
 fn exp_row<T: Element>(row: &[T], e: &mut [f32]) -> (f32, f32) {
     let max = row_max(row);
     for (s, v) in e.iter_mut().zip(row) {
-        *s = (v.to_f32() - max).exp();
+        *s = exp_f32(v.to_f32() - max);
     }
     (max, sum_lanes(e))
 }

@@ -4,6 +4,48 @@
 
 use crate::dtype::Element;
 
+/// `e^x` in f32 to within ~2 ulp, written so loops over it vectorize (no libm call, only
+/// selects, no float-to-int conversion): Cody-Waite reduction `x = n ln2 + r` with `n` rounded
+/// by the 1.5 * 2^23 trick, Cephes' degree-6 polynomial for `e^r`, and `2^n` built from bits.
+///
+/// Edge cases: NaN gives NaN, `x > ln(f32::MAX)` (including `+inf`) gives `+inf`, and
+/// `x < -86.5` (including `-inf`) gives 0: results below ~3e-38 are flushed to zero instead of
+/// being returned as subnormals (an absolute error under 3e-38).
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const HI: f32 = 88.722_84; // ln(f32::MAX), rounded up
+    const LO: f32 = -86.5;
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    const LN2_HI: f32 = 0.693_359_4; // 355/512, exact: n * LN2_HI is exact for |n| <= 128
+    const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 - LN2_HI
+    const P0: f32 = 1.987_569_1e-4;
+    const P1: f32 = 1.398_199_9e-3;
+    const P2: f32 = 8.333_452e-3;
+    const P3: f32 = 4.166_579_6e-2;
+    const P4: f32 = 1.666_666_5e-1;
+    // Cephes' last coefficient, 5.0000001201e-1, rounds to 0.5 in f32.
+    const P5: f32 = 0.5;
+    // `clamp` keeps NaN, which then propagates to the result.
+    let xc = x.clamp(LO, HI);
+    // k = 1.5 * 2^23 + n with n = round(xc / ln 2) in [-125, 128]; its low mantissa bits hold n.
+    let k = xc * std::f32::consts::LOG2_E + MAGIC;
+    let n = k - MAGIC;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let z = r * r;
+    let p = (((((P0 * r + P1) * r + P2) * r + P3) * r + P4) * r + P5) * z + r + 1.0;
+    // 2^(n - 1) from its exponent field n - 1 + 127 (in [1, 254]); times 2 at the end keeps
+    // n = 128 (just below f32::MAX) representable.
+    let scale = f32::from_bits(k.to_bits().wrapping_sub(0x4B40_0000 - 126) << 23);
+    let y = p * scale * 2.0;
+    if x > HI {
+        f32::INFINITY
+    } else if x < LO {
+        0.0
+    } else {
+        y
+    }
+}
+
 /// Sum of `x` in f32 with 8 interleaved partial sums (fixed order, vectorizable).
 #[inline]
 fn sum_lanes(x: &[f32]) -> f32 {
@@ -93,7 +135,7 @@ pub fn softmax_fwd<T: Element>(
         }
         let max = max_lanes(e);
         for s in e.iter_mut() {
-            *s = (*s - max).exp();
+            *s = exp_f32(*s - max);
         }
         let inv = 1.0 / sum_lanes(e);
         for (o, &s) in y_live.iter_mut().zip(e.iter()) {
@@ -265,6 +307,34 @@ mod tests {
             check::<bf16>(4001, (1, 64, 129), 1.0, false),
             check::<bf16>(4001, (1, 64, 129), 1.0, false)
         );
+    }
+
+    #[test]
+    fn exp_f32_is_accurate() {
+        let xs = random_vec(6000, 20_000, -86.5, 88.7);
+        for x in xs
+            .iter()
+            .map(|&v| v as f32)
+            .chain([0.0, -0.0, 1.0, -1.0, 1e-8, -1e-8, 88.72, -86.4])
+        {
+            let want = (x as f64).exp();
+            let got = exp_f32(x) as f64;
+            // ~2 ulp of f32 (2^-23 ~ 1.2e-7 relative per ulp).
+            assert!(
+                (got - want).abs() <= 2.5e-7 * want,
+                "exp({x}) = {got}, want {want}"
+            );
+        }
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp_f32(89.0), f32::INFINITY);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(-100.0), 0.0);
+        // Below -86.5 results are flushed to zero: an absolute error under 3e-38.
+        for x in [-86.51f32, -87.0, -87.5, -103.0] {
+            assert!(exp_f32(x) == 0.0 && (x as f64).exp() < 3e-38);
+        }
     }
 
     #[test]
