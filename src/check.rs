@@ -132,20 +132,90 @@ const FLOATS: &[DType] = &[DType::F32, DType::BF16];
 /// Every case `ferrotron check` runs.
 fn cases() -> Vec<Case> {
     vec![
-        Case { op: "gemm_nn", dtypes: FLOATS, shapes: &[&[1, 1, 1], &[7, 129, 64], &[64, 7, 129], &[129, 64, 7]], run: |s, d, sh, seed| gemm_case(s, d, sh, seed, Transpose::N, Transpose::N, 0.0) },
-        Case { op: "gemm_nt", dtypes: FLOATS, shapes: &[&[7, 129, 64], &[64, 1, 33]], run: |s, d, sh, seed| gemm_case(s, d, sh, seed, Transpose::N, Transpose::T, 0.0) },
-        Case { op: "gemm_tn", dtypes: FLOATS, shapes: &[&[7, 129, 64], &[33, 64, 1]], run: |s, d, sh, seed| gemm_case(s, d, sh, seed, Transpose::T, Transpose::N, 0.0) },
-        Case { op: "gemm_tt", dtypes: FLOATS, shapes: &[&[7, 129, 64]], run: |s, d, sh, seed| gemm_case(s, d, sh, seed, Transpose::T, Transpose::T, 0.0) },
-        Case { op: "gemm_nn(beta=0.5)", dtypes: &[DType::F32], shapes: &[&[64, 65, 66]], run: |s, d, sh, seed| gemm_case(s, d, sh, seed, Transpose::N, Transpose::N, 0.5) },
-        Case { op: "gemm_bf16_out", dtypes: &[DType::BF16], shapes: &[&[33, 64, 129]], run: gemm_bf16_out_case },
-        Case { op: "bias_gelu_fwd", dtypes: FLOATS, shapes: &[&[1, 1], &[7, 129], &[64, 64], &[3, 5, 66]], run: bias_gelu_fwd_case },
-        Case { op: "bias_gelu_bwd", dtypes: FLOATS, shapes: &[&[1, 1], &[7, 129], &[64, 64], &[3, 5, 66]], run: bias_gelu_bwd_case },
-        Case { op: "layernorm_fwd", dtypes: FLOATS, shapes: &[&[1, 7], &[7, 129], &[64, 64]], run: layernorm_fwd_case },
-        Case { op: "layernorm_bwd", dtypes: FLOATS, shapes: &[&[1, 7], &[7, 129], &[64, 64]], run: layernorm_bwd_case },
-        Case { op: "softmax", dtypes: FLOATS, shapes: &[&[1, 1, 1], &[2, 7, 7], &[3, 64, 129]], run: |s, d, sh, seed| softmax_case(s, d, sh, seed, false) },
-        Case { op: "softmax(causal)", dtypes: FLOATS, shapes: &[&[2, 7, 7], &[3, 64, 129], &[1, 9, 4]], run: |s, d, sh, seed| softmax_case(s, d, sh, seed, true) },
-        Case { op: "cross_entropy", dtypes: FLOATS, shapes: &[&[1, 1], &[7, 129], &[64, 1000]], run: cross_entropy_case },
-        Case { op: "adamw_step(x3)", dtypes: FLOATS, shapes: &[&[1], &[129], &[64, 64]], run: adamw_case },
+        Case {
+            op: "gemm_nn",
+            dtypes: FLOATS,
+            shapes: &[&[1, 1, 1], &[7, 129, 64], &[64, 7, 129], &[129, 64, 7]],
+            run: |s, d, sh, seed| gemm_case(s, d, sh, seed, Transpose::N, Transpose::N, 0.0),
+        },
+        Case {
+            op: "gemm_nt",
+            dtypes: FLOATS,
+            shapes: &[&[7, 129, 64], &[64, 1, 33]],
+            run: |s, d, sh, seed| gemm_case(s, d, sh, seed, Transpose::N, Transpose::T, 0.0),
+        },
+        Case {
+            op: "gemm_tn",
+            dtypes: FLOATS,
+            shapes: &[&[7, 129, 64], &[33, 64, 1]],
+            run: |s, d, sh, seed| gemm_case(s, d, sh, seed, Transpose::T, Transpose::N, 0.0),
+        },
+        Case {
+            op: "gemm_tt",
+            dtypes: FLOATS,
+            shapes: &[&[7, 129, 64]],
+            run: |s, d, sh, seed| gemm_case(s, d, sh, seed, Transpose::T, Transpose::T, 0.0),
+        },
+        Case {
+            op: "gemm_nn(beta=0.5)",
+            dtypes: &[DType::F32],
+            shapes: &[&[64, 65, 66]],
+            run: |s, d, sh, seed| gemm_case(s, d, sh, seed, Transpose::N, Transpose::N, 0.5),
+        },
+        Case {
+            op: "gemm_bf16_out",
+            dtypes: &[DType::BF16],
+            shapes: &[&[33, 64, 129]],
+            run: gemm_bf16_out_case,
+        },
+        Case {
+            op: "bias_gelu_fwd",
+            dtypes: FLOATS,
+            shapes: &[&[1, 1], &[7, 129], &[64, 64], &[3, 5, 66]],
+            run: bias_gelu_fwd_case,
+        },
+        Case {
+            op: "bias_gelu_bwd",
+            dtypes: FLOATS,
+            shapes: &[&[1, 1], &[7, 129], &[64, 64], &[3, 5, 66]],
+            run: bias_gelu_bwd_case,
+        },
+        Case {
+            op: "layernorm_fwd",
+            dtypes: FLOATS,
+            shapes: &[&[1, 7], &[7, 129], &[64, 64]],
+            run: layernorm_fwd_case,
+        },
+        Case {
+            op: "layernorm_bwd",
+            dtypes: FLOATS,
+            shapes: &[&[1, 7], &[7, 129], &[64, 64]],
+            run: layernorm_bwd_case,
+        },
+        Case {
+            op: "softmax",
+            dtypes: FLOATS,
+            shapes: &[&[1, 1, 1], &[2, 7, 7], &[3, 64, 129]],
+            run: |s, d, sh, seed| softmax_case(s, d, sh, seed, false),
+        },
+        Case {
+            op: "softmax(causal)",
+            dtypes: FLOATS,
+            shapes: &[&[2, 7, 7], &[3, 64, 129], &[1, 9, 4]],
+            run: |s, d, sh, seed| softmax_case(s, d, sh, seed, true),
+        },
+        Case {
+            op: "cross_entropy",
+            dtypes: FLOATS,
+            shapes: &[&[1, 1], &[7, 129], &[64, 1000]],
+            run: cross_entropy_case,
+        },
+        Case {
+            op: "adamw_step(x3)",
+            dtypes: FLOATS,
+            shapes: &[&[1], &[129], &[64, 64]],
+            run: adamw_case,
+        },
     ]
 }
 
@@ -156,7 +226,9 @@ pub fn run(devices: &[Device], seed: u64) -> CheckReport {
         let stream = match dev.new_named_stream("check") {
             Ok(s) => s,
             Err(e) => {
-                report.notes.push(format!("{}: no stream: {e}", dev.label()));
+                report
+                    .notes
+                    .push(format!("{}: no stream: {e}", dev.label()));
                 continue;
             }
         };
@@ -223,14 +295,24 @@ pub fn run(devices: &[Device], seed: u64) -> CheckReport {
 fn rounded(dtype: DType, v: &[f64]) -> Vec<f64> {
     match dtype {
         DType::F32 => v.iter().map(|&x| x as f32 as f64).collect(),
-        DType::BF16 => v.iter().map(|&x| half::bf16::from_f64(x).to_f64()).collect(),
+        DType::BF16 => v
+            .iter()
+            .map(|&x| half::bf16::from_f64(x).to_f64())
+            .collect(),
         DType::F16 => v.iter().map(|&x| half::f16::from_f64(x).to_f64()).collect(),
         DType::I32 => v.iter().map(|&x| x.round()).collect(),
     }
 }
 
 /// A random tensor on the stream's device and its values as the device holds them.
-fn input(s: &Stream, shape: &[usize], dtype: DType, seed: u64, lo: f64, hi: f64) -> Result<(Tensor, Vec<f64>)> {
+fn input(
+    s: &Stream,
+    shape: &[usize],
+    dtype: DType,
+    seed: u64,
+    lo: f64,
+    hi: f64,
+) -> Result<(Tensor, Vec<f64>)> {
     let n: usize = shape.iter().product();
     let v = rounded(dtype, &random_vec(seed, n, lo, hi));
     Ok((Tensor::from_f64(s.device(), &v, shape.to_vec(), dtype)?, v))
@@ -241,7 +323,15 @@ fn poisoned(s: &Stream, shape: &[usize], dtype: DType) -> Result<Tensor> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64, ta: Transpose, tb: Transpose, beta: f32) -> Result<Vec<Out>> {
+fn gemm_case(
+    s: &Stream,
+    dtype: DType,
+    sh: &[usize],
+    seed: u64,
+    ta: Transpose,
+    tb: Transpose,
+    beta: f32,
+) -> Result<Vec<Out>> {
     let (m, n, k) = (sh[0], sh[1], sh[2]);
     let a_shape = if ta == Transpose::N { [m, k] } else { [k, m] };
     let b_shape = if tb == Transpose::N { [k, n] } else { [n, k] };
@@ -253,9 +343,36 @@ fn gemm_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64, ta: Transpose, t
         input(s, &[m, n], DType::F32, seed + 2, -1.0, 1.0)?
     };
     let alpha = 1.5f32;
-    ops::gemm(s, &a, &b, &mut c, &Gemm { ta, tb, alpha, beta })?;
-    r::gemm::gemm_ref(ta, tb, m, n, k, alpha as f64, &av, &bv, beta as f64, &mut want);
-    Ok(vec![Out { name: "", got: c.to_f64_vec(s)?, want, tol: Tolerance::for_reduction(DType::F32, k) }])
+    ops::gemm(
+        s,
+        &a,
+        &b,
+        &mut c,
+        &Gemm {
+            ta,
+            tb,
+            alpha,
+            beta,
+        },
+    )?;
+    r::gemm::gemm_ref(
+        ta,
+        tb,
+        m,
+        n,
+        k,
+        alpha as f64,
+        &av,
+        &bv,
+        beta as f64,
+        &mut want,
+    );
+    Ok(vec![Out {
+        name: "",
+        got: c.to_f64_vec(s)?,
+        want,
+        tol: Tolerance::for_reduction(DType::F32, k),
+    }])
 }
 
 fn gemm_bf16_out_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64) -> Result<Vec<Out>> {
@@ -265,8 +382,24 @@ fn gemm_bf16_out_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64) -> Resu
     let mut c = poisoned(s, &[m, n], dtype)?;
     ops::gemm(s, &a, &b, &mut c, &Gemm::default())?;
     let mut want = vec![f64::NAN; m * n];
-    r::gemm::gemm_ref(Transpose::N, Transpose::N, m, n, k, 1.0, &av, &bv, 0.0, &mut want);
-    Ok(vec![Out { name: "", got: c.to_f64_vec(s)?, want, tol: Tolerance::for_reduction(dtype, k) }])
+    r::gemm::gemm_ref(
+        Transpose::N,
+        Transpose::N,
+        m,
+        n,
+        k,
+        1.0,
+        &av,
+        &bv,
+        0.0,
+        &mut want,
+    );
+    Ok(vec![Out {
+        name: "",
+        got: c.to_f64_vec(s)?,
+        want,
+        tol: Tolerance::for_reduction(dtype, k),
+    }])
 }
 
 fn rows_cols(sh: &[usize]) -> (usize, usize) {
@@ -281,7 +414,12 @@ fn bias_gelu_fwd_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64) -> Resu
     let mut y = poisoned(s, sh, dtype)?;
     ops::bias_gelu_fwd(s, &x, &b, &mut y)?;
     let want = r::bias_gelu::bias_gelu_fwd_ref(rows, cols, &xv, &bv);
-    Ok(vec![Out { name: "", got: y.to_f64_vec(s)?, want, tol: Tolerance::for_dtype(dtype) }])
+    Ok(vec![Out {
+        name: "",
+        got: y.to_f64_vec(s)?,
+        want,
+        tol: Tolerance::for_dtype(dtype),
+    }])
 }
 
 fn bias_gelu_bwd_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64) -> Result<Vec<Out>> {
@@ -294,8 +432,18 @@ fn bias_gelu_bwd_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64) -> Resu
     ops::bias_gelu_bwd(s, &dy, &x, &b, &mut dx, Some(&mut db))?;
     let (wdx, wdb) = r::bias_gelu::bias_gelu_bwd_ref(rows, cols, &dyv, &xv, &bv);
     Ok(vec![
-        Out { name: "dx", got: dx.to_f64_vec(s)?, want: wdx, tol: Tolerance::for_dtype(dtype) },
-        Out { name: "dbias", got: db.to_f64_vec(s)?, want: wdb, tol: Tolerance::for_reduction(dtype, rows) },
+        Out {
+            name: "dx",
+            got: dx.to_f64_vec(s)?,
+            want: wdx,
+            tol: Tolerance::for_dtype(dtype),
+        },
+        Out {
+            name: "dbias",
+            got: db.to_f64_vec(s)?,
+            want: wdb,
+            tol: Tolerance::for_reduction(dtype, rows),
+        },
     ])
 }
 
@@ -312,9 +460,24 @@ fn layernorm_fwd_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64) -> Resu
     let (wy, wm, wr) = r::layernorm::layernorm_fwd_ref(rows, cols, &xv, &gv, &bv, eps as f64);
     let red = Tolerance::for_reduction(dtype, cols);
     Ok(vec![
-        Out { name: "y", got: y.to_f64_vec(s)?, want: wy, tol: red },
-        Out { name: "mean", got: mean.to_f64_vec(s)?, want: wm, tol: Tolerance::for_reduction(DType::F32, cols) },
-        Out { name: "rstd", got: rstd.to_f64_vec(s)?, want: wr, tol: Tolerance::for_reduction(DType::F32, cols) },
+        Out {
+            name: "y",
+            got: y.to_f64_vec(s)?,
+            want: wy,
+            tol: red,
+        },
+        Out {
+            name: "mean",
+            got: mean.to_f64_vec(s)?,
+            want: wm,
+            tol: Tolerance::for_reduction(DType::F32, cols),
+        },
+        Out {
+            name: "rstd",
+            got: rstd.to_f64_vec(s)?,
+            want: wr,
+            tol: Tolerance::for_reduction(DType::F32, cols),
+        },
     ])
 }
 
@@ -329,19 +492,45 @@ fn layernorm_bwd_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64) -> Resu
     let mut rstd = poisoned(s, &[rows], DType::F32)?;
     let eps = 1e-5;
     ops::layernorm_fwd(s, &x, &g, &zero, eps, &mut y, &mut mean, &mut rstd)?;
-    let (mut dx, mut dg, mut db) = (poisoned(s, sh, dtype)?, poisoned(s, &[cols], dtype)?, poisoned(s, &[cols], dtype)?);
+    let (mut dx, mut dg, mut db) = (
+        poisoned(s, sh, dtype)?,
+        poisoned(s, &[cols], dtype)?,
+        poisoned(s, &[cols], dtype)?,
+    );
     ops::layernorm_bwd(s, &dy, &x, &g, &mean, &rstd, &mut dx, &mut dg, &mut db)?;
     // The reference backward uses the f64 statistics of the same (rounded) inputs.
-    let (_, wm, wr) = r::layernorm::layernorm_fwd_ref(rows, cols, &xv, &gv, &vec![0.0; cols], eps as f64);
+    let (_, wm, wr) =
+        r::layernorm::layernorm_fwd_ref(rows, cols, &xv, &gv, &vec![0.0; cols], eps as f64);
     let (wdx, wdg, wdb) = r::layernorm::layernorm_bwd_ref(rows, cols, &dyv, &xv, &gv, &wm, &wr);
     Ok(vec![
-        Out { name: "dx", got: dx.to_f64_vec(s)?, want: wdx, tol: Tolerance::for_reduction(dtype, cols) },
-        Out { name: "dgamma", got: dg.to_f64_vec(s)?, want: wdg, tol: Tolerance::for_reduction(dtype, rows) },
-        Out { name: "dbeta", got: db.to_f64_vec(s)?, want: wdb, tol: Tolerance::for_reduction(dtype, rows) },
+        Out {
+            name: "dx",
+            got: dx.to_f64_vec(s)?,
+            want: wdx,
+            tol: Tolerance::for_reduction(dtype, cols),
+        },
+        Out {
+            name: "dgamma",
+            got: dg.to_f64_vec(s)?,
+            want: wdg,
+            tol: Tolerance::for_reduction(dtype, rows),
+        },
+        Out {
+            name: "dbeta",
+            got: db.to_f64_vec(s)?,
+            want: wdb,
+            tol: Tolerance::for_reduction(dtype, rows),
+        },
     ])
 }
 
-fn softmax_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64, causal: bool) -> Result<Vec<Out>> {
+fn softmax_case(
+    s: &Stream,
+    dtype: DType,
+    sh: &[usize],
+    seed: u64,
+    causal: bool,
+) -> Result<Vec<Out>> {
     let (batch, rows, cols) = (sh[0], sh[1], sh[2]);
     let scale = 0.7f32;
     let (x, xv) = input(s, sh, dtype, seed, -4.0, 4.0)?;
@@ -356,8 +545,18 @@ fn softmax_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64, causal: bool)
     let wdx = r::softmax::softmax_bwd_ref(batch, rows, cols, scale as f64, &dyv, &yv);
     let tol = Tolerance::for_reduction(dtype, cols);
     Ok(vec![
-        Out { name: "y", got: yv, want: wy, tol },
-        Out { name: "dx", got: dx.to_f64_vec(s)?, want: wdx, tol },
+        Out {
+            name: "y",
+            got: yv,
+            want: wy,
+            tol,
+        },
+        Out {
+            name: "dx",
+            got: dx.to_f64_vec(s)?,
+            want: wdx,
+            tol,
+        },
     ])
 }
 
@@ -375,8 +574,18 @@ fn cross_entropy_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64) -> Resu
     let wl = r::cross_entropy::cross_entropy_fwd_ref(n, v, &lv, &tv);
     let wd = r::cross_entropy::cross_entropy_bwd_ref(n, v, &lv, &tv, &dlv);
     Ok(vec![
-        Out { name: "loss", got: losses.to_f64_vec(s)?, want: wl, tol: Tolerance::for_reduction(DType::F32, v) },
-        Out { name: "dlogits", got: dlogits.to_f64_vec(s)?, want: wd, tol: Tolerance::for_reduction(dtype, v) },
+        Out {
+            name: "loss",
+            got: losses.to_f64_vec(s)?,
+            want: wl,
+            tol: Tolerance::for_reduction(DType::F32, v),
+        },
+        Out {
+            name: "dlogits",
+            got: dlogits.to_f64_vec(s)?,
+            want: wd,
+            tol: Tolerance::for_reduction(dtype, v),
+        },
     ])
 }
 
@@ -386,19 +595,48 @@ fn adamw_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64) -> Result<Vec<O
     let mut m = Tensor::zeros(s.device(), sh.to_vec(), DType::F32)?;
     let mut v = Tensor::zeros(s.device(), sh.to_vec(), DType::F32)?;
     let (mut mv, mut vv) = (vec![0.0; n], vec![0.0; n]);
-    let cfg = AdamW { lr: 1e-2, ..AdamW::default() };
+    let cfg = AdamW {
+        lr: 1e-2,
+        ..AdamW::default()
+    };
     for step in 1..=3u32 {
         let (g, gv) = input(s, sh, dtype, seed + 10 + step as u64, -1.0, 1.0)?;
         ops::adamw_step(s, &cfg, step, &mut p, &g, &mut m, &mut v)?;
-        r::adamw::adamw_step_ref(cfg.lr as f64, cfg.beta1 as f64, cfg.beta2 as f64, cfg.eps as f64, cfg.weight_decay as f64, step, &mut pv, &gv, &mut mv, &mut vv);
+        r::adamw::adamw_step_ref(
+            cfg.lr as f64,
+            cfg.beta1 as f64,
+            cfg.beta2 as f64,
+            cfg.eps as f64,
+            cfg.weight_decay as f64,
+            step,
+            &mut pv,
+            &gv,
+            &mut mv,
+            &mut vv,
+        );
         // The device rounds the parameter to its dtype after every step; so does the reference.
         pv = rounded(dtype, &pv);
     }
     // Three dependent steps, each rounding once: three roundings' worth of error.
     let tol = Tolerance::for_dtype(dtype).scaled(3.0);
     Ok(vec![
-        Out { name: "param", got: p.to_f64_vec(s)?, want: pv, tol },
-        Out { name: "m", got: m.to_f64_vec(s)?, want: mv, tol: Tolerance::for_dtype(DType::F32).scaled(3.0) },
-        Out { name: "v", got: v.to_f64_vec(s)?, want: vv, tol: Tolerance::for_dtype(DType::F32).scaled(3.0) },
+        Out {
+            name: "param",
+            got: p.to_f64_vec(s)?,
+            want: pv,
+            tol,
+        },
+        Out {
+            name: "m",
+            got: m.to_f64_vec(s)?,
+            want: mv,
+            tol: Tolerance::for_dtype(DType::F32).scaled(3.0),
+        },
+        Out {
+            name: "v",
+            got: v.to_f64_vec(s)?,
+            want: vv,
+            tol: Tolerance::for_dtype(DType::F32).scaled(3.0),
+        },
     ])
 }

@@ -190,8 +190,9 @@ pub enum Error {
     },
     /// The crate was built without this kernel image (no nvcc at build time).
     #[error(
-        "kernel image {name} is missing: ferrotron was built without nvcc (run \
-         scripts/install-cuda-toolchain.sh, then rebuild)"
+        "kernel image {name} is not embedded in this build (no such module, or it was built \
+         without nvcc: run scripts/install-cuda-toolchain.sh and rebuild, or build with \
+         FERROTRON_REQUIRE_KERNELS=1 to see why)"
     )]
     KernelImageMissing {
         /// The kernel module's name (e.g. `elementwise/bias_gelu`).

@@ -88,7 +88,10 @@ fn mismatched_dtypes_are_dtype_errors() {
     let b = t(&d, &[4, 4], DType::BF16);
     let mut c = t(&d, &[4, 4], DType::F32);
     let err = ops::gemm(&s, &a, &b, &mut c, &Gemm::default()).unwrap_err();
-    assert!(matches!(&err, Error::DTypeMismatch { what, .. } if what == "b"), "{err}");
+    assert!(
+        matches!(&err, Error::DTypeMismatch { what, .. } if what == "b"),
+        "{err}"
+    );
     // bf16 inputs may write f32 or bf16, never f16.
     let a16 = t(&d, &[4, 4], DType::BF16);
     let mut c16 = t(&d, &[4, 4], DType::F16);
@@ -103,18 +106,27 @@ fn mismatched_dtypes_are_dtype_errors() {
     let bias = t(&d, &[4], DType::BF16);
     let mut y = t(&d, &[3, 4], DType::F32);
     let err = ops::bias_gelu_fwd(&s, &x, &bias, &mut y).unwrap_err();
-    assert!(matches!(&err, Error::DTypeMismatch { what, .. } if what == "bias"), "{err}");
+    assert!(
+        matches!(&err, Error::DTypeMismatch { what, .. } if what == "bias"),
+        "{err}"
+    );
 
     // Cross-entropy: targets must be i32, losses f32.
     let logits = t(&d, &[3, 5], DType::F32);
     let ft = t(&d, &[3], DType::F32);
     let mut losses = t(&d, &[3], DType::F32);
     let err = ops::cross_entropy_fwd(&s, &logits, &ft, &mut losses).unwrap_err();
-    assert!(matches!(&err, Error::DTypeMismatch { what, .. } if what == "targets"), "{err}");
+    assert!(
+        matches!(&err, Error::DTypeMismatch { what, .. } if what == "targets"),
+        "{err}"
+    );
     let it = t(&d, &[3], DType::I32);
     let mut bl = t(&d, &[3], DType::BF16);
     let err = ops::cross_entropy_fwd(&s, &logits, &it, &mut bl).unwrap_err();
-    assert!(matches!(&err, Error::DTypeMismatch { what, .. } if what == "losses"), "{err}");
+    assert!(
+        matches!(&err, Error::DTypeMismatch { what, .. } if what == "losses"),
+        "{err}"
+    );
 
     // AdamW moments must be f32.
     let mut p = t(&d, &[8], DType::BF16);
@@ -122,7 +134,10 @@ fn mismatched_dtypes_are_dtype_errors() {
     let mut m = t(&d, &[8], DType::BF16);
     let mut v = t(&d, &[8], DType::F32);
     let err = ops::adamw_step(&s, &AdamW::default(), 1, &mut p, &g, &mut m, &mut v).unwrap_err();
-    assert!(matches!(&err, Error::DTypeMismatch { what, .. } if what == "m"), "{err}");
+    assert!(
+        matches!(&err, Error::DTypeMismatch { what, .. } if what == "m"),
+        "{err}"
+    );
     // To the host as the wrong type.
     let err = a.to_vec::<half::bf16>(&s).unwrap_err();
     assert!(matches!(err, Error::DTypeMismatch { .. }), "{err}");
@@ -137,23 +152,42 @@ fn bad_scalars_and_ranks_are_errors() {
     let err = ops::gemm(&s, &a, &b, &mut c, &Gemm::default()).unwrap_err();
     assert!(matches!(err, Error::RankMismatch { .. }), "{err}");
     let a = t(&d, &[4, 4], DType::F32);
-    let args = Gemm { alpha: f32::NAN, ..Gemm::default() };
+    let args = Gemm {
+        alpha: f32::NAN,
+        ..Gemm::default()
+    };
     let err = ops::gemm(&s, &a, &b, &mut c, &args).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
-    let args = Gemm { ta: Transpose::T, tb: Transpose::T, alpha: 1.0, beta: 0.0 };
+    let args = Gemm {
+        ta: Transpose::T,
+        tb: Transpose::T,
+        alpha: 1.0,
+        beta: 0.0,
+    };
     ops::gemm(&s, &a, &b, &mut c, &args).unwrap();
 
     let x = t(&d, &[2, 3], DType::F32);
     let g = t(&d, &[3], DType::F32);
-    let (mut y, mut mean, mut rstd) = (t(&d, &[2, 3], DType::F32), t(&d, &[2], DType::F32), t(&d, &[2], DType::F32));
+    let (mut y, mut mean, mut rstd) = (
+        t(&d, &[2, 3], DType::F32),
+        t(&d, &[2], DType::F32),
+        t(&d, &[2], DType::F32),
+    );
     for eps in [0.0, -1.0, f32::NAN, f32::INFINITY] {
-        let err = ops::layernorm_fwd(&s, &x, &g, &g, eps, &mut y, &mut mean, &mut rstd).unwrap_err();
-        assert!(matches!(&err, Error::InvalidArgument { what, .. } if what == "eps"), "{err}");
+        let err =
+            ops::layernorm_fwd(&s, &x, &g, &g, eps, &mut y, &mut mean, &mut rstd).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument { what, .. } if what == "eps"),
+            "{err}"
+        );
     }
     let x1 = t(&d, &[5], DType::F32);
     let mut y1 = t(&d, &[5], DType::F32);
     let err = ops::softmax_fwd(&s, &x1, &mut y1, 1.0, true).unwrap_err();
-    assert!(matches!(err, Error::RankMismatch { .. }), "causal needs rows and cols: {err}");
+    assert!(
+        matches!(err, Error::RankMismatch { .. }),
+        "causal needs rows and cols: {err}"
+    );
     let err = ops::softmax_fwd(&s, &x1, &mut y1, f32::INFINITY, false).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
 
@@ -161,12 +195,27 @@ fn bad_scalars_and_ranks_are_errors() {
     let gr = t(&d, &[8], DType::F32);
     let (mut m, mut v) = (t(&d, &[8], DType::F32), t(&d, &[8], DType::F32));
     let err = ops::adamw_step(&s, &AdamW::default(), 0, &mut p, &gr, &mut m, &mut v).unwrap_err();
-    assert!(matches!(&err, Error::InvalidArgument { what, .. } if what == "step"), "{err}");
+    assert!(
+        matches!(&err, Error::InvalidArgument { what, .. } if what == "step"),
+        "{err}"
+    );
     for bad in [
-        AdamW { lr: -1.0, ..AdamW::default() },
-        AdamW { beta1: 1.0, ..AdamW::default() },
-        AdamW { beta2: -0.1, ..AdamW::default() },
-        AdamW { eps: f32::NAN, ..AdamW::default() },
+        AdamW {
+            lr: -1.0,
+            ..AdamW::default()
+        },
+        AdamW {
+            beta1: 1.0,
+            ..AdamW::default()
+        },
+        AdamW {
+            beta2: -0.1,
+            ..AdamW::default()
+        },
+        AdamW {
+            eps: f32::NAN,
+            ..AdamW::default()
+        },
     ] {
         let err = ops::adamw_step(&s, &bad, 1, &mut p, &gr, &mut m, &mut v).unwrap_err();
         assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
@@ -185,5 +234,8 @@ fn cuda_without_a_driver_is_a_typed_error_not_a_panic() {
     }
     // An absurd ordinal is NoCudaDevice (or NoCudaDriver without a driver), never a panic.
     let err = Device::cuda(10_000).unwrap_err();
-    assert!(matches!(err, Error::NoCudaDriver { .. } | Error::NoCudaDevice { .. }), "{err}");
+    assert!(
+        matches!(err, Error::NoCudaDriver { .. } | Error::NoCudaDevice { .. }),
+        "{err}"
+    );
 }

@@ -35,7 +35,11 @@ fn bias_gelu_kernels_match_the_reference_on_the_gpu() {
                 .iter()
                 .filter(|r| r.op.starts_with("bias_gelu"))
                 .collect();
-            assert!(gelu_rows.len() >= 24, "bias_gelu rows on cuda: {}", gelu_rows.len());
+            assert!(
+                gelu_rows.len() >= 24,
+                "bias_gelu rows on cuda: {}",
+                gelu_rows.len()
+            );
             assert!(report.failures().is_empty(), "{}", report.table());
         }
     });
@@ -50,7 +54,9 @@ fn cuda_streams_events_and_checked_mode() {
         let a = dev.new_named_stream("producer").unwrap();
         let b = dev.new_named_stream("consumer").unwrap();
         let mut x = Tensor::zeros(&dev, [64, 256], DType::F32).unwrap();
-        let data: Vec<f32> = (0..64 * 256).map(|i| (i % 13) as f32 * 0.25 - 1.5).collect();
+        let data: Vec<f32> = (0..64 * 256)
+            .map(|i| (i % 13) as f32 * 0.25 - 1.5)
+            .collect();
         x.copy_from_slice(&a, &data).unwrap();
         let bias = Tensor::zeros(&dev, [256], DType::F32).unwrap();
         let mut y = Tensor::poisoned(&dev, [64, 256], DType::F32).unwrap();
@@ -65,7 +71,10 @@ fn cuda_streams_events_and_checked_mode() {
         let got = y.to_vec::<f32>(&b).unwrap();
         for (i, (&g, &d)) in got.iter().zip(&data).enumerate() {
             let w = ferrotron::reference::bias_gelu::gelu_ref(d as f64);
-            assert!((g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "y[{i}] = {g}, want {w}");
+            assert!(
+                (g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "y[{i}] = {g}, want {w}"
+            );
         }
     });
 }

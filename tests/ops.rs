@@ -12,7 +12,11 @@ fn every_cpu_op_matches_its_reference_on_fresh_seeds() {
     watchdog(120, "check_cpu", || {
         for seed in [1u64, 2, 0xdead_beef] {
             let report = check::run(&[Device::cpu()], seed);
-            assert!(report.rows.len() > 100, "too few rows: {}", report.rows.len());
+            assert!(
+                report.rows.len() > 100,
+                "too few rows: {}",
+                report.rows.len()
+            );
             let fails = report.failures();
             assert!(fails.is_empty(), "seed {seed}:\n{}", report.table());
             // Every op family is present: none silently dropped out of the table.
@@ -68,7 +72,10 @@ fn ops_are_bitwise_deterministic() {
         let first = gemm_once(&dev, 7);
         for _ in 0..3 {
             let again = gemm_once(&dev, 7);
-            assert!(first.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(first
+                .iter()
+                .zip(&again)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
         }
         // Reductions over rows (dbias) too.
         let s = dev.new_stream().unwrap();
@@ -102,10 +109,18 @@ fn a_nan_input_is_never_hidden() {
         let mut rstd = Tensor::poisoned(&dev, [2], DType::F32).unwrap();
         ops::layernorm_fwd(&s, &x, &g, &b, 1e-5, &mut y, &mut mean, &mut rstd).unwrap();
         let yv = y.to_vec::<f32>(&s).unwrap();
-        assert!(yv[..8].iter().all(|v| v.is_nan()), "row with a NaN must be NaN");
-        assert!(yv[8..].iter().all(|v| v.is_finite()), "other rows unaffected");
+        assert!(
+            yv[..8].iter().all(|v| v.is_nan()),
+            "row with a NaN must be NaN"
+        );
+        assert!(
+            yv[8..].iter().all(|v| v.is_finite()),
+            "other rows unaffected"
+        );
         let mut sm = Tensor::poisoned(&dev, [2, 8], DType::F32).unwrap();
         ops::softmax_fwd(&s, &x, &mut sm, 1.0, false).unwrap();
-        assert!(sm.to_vec::<f32>(&s).unwrap()[..8].iter().any(|v| v.is_nan()));
+        assert!(sm.to_vec::<f32>(&s).unwrap()[..8]
+            .iter()
+            .any(|v| v.is_nan()));
     });
 }

@@ -40,8 +40,14 @@ fn ops_on_one_stream_run_in_enqueue_order() {
         let y1v = y1.to_vec::<f32>(&s).unwrap();
         let y2v = y2.to_vec::<f32>(&s).unwrap();
         for i in 0..32 {
-            assert!((y1v[i] - g(a[i])).abs() <= 1e-6 * (1.0 + g(a[i]).abs()), "y1[{i}]");
-            assert!((y2v[i] - g(b[i])).abs() <= 1e-6 * (1.0 + g(b[i]).abs()), "y2[{i}]");
+            assert!(
+                (y1v[i] - g(a[i])).abs() <= 1e-6 * (1.0 + g(a[i]).abs()),
+                "y1[{i}]"
+            );
+            assert!(
+                (y2v[i] - g(b[i])).abs() <= 1e-6 * (1.0 + g(b[i]).abs()),
+                "y2[{i}]"
+            );
         }
         // A chain of dependent in-place updates equals the same chain run serially.
         let mut p = Tensor::from_slice(&dev, &ramp(64, 0.1), [64]).unwrap();
@@ -71,7 +77,10 @@ fn ops_on_one_stream_run_in_enqueue_order() {
             );
         }
         for i in 0..64 {
-            assert!((got[i] as f64 - pr[i]).abs() <= 1e-5 * (1.0 + pr[i].abs()), "p[{i}]");
+            assert!(
+                (got[i] as f64 - pr[i]).abs() <= 1e-5 * (1.0 + pr[i].abs()),
+                "p[{i}]"
+            );
         }
     });
 }
@@ -92,7 +101,10 @@ fn work_runs_asynchronously_from_the_host() {
         let bias = Tensor::zeros(&dev, [8], DType::F32).unwrap();
         let mut y = Tensor::poisoned(&dev, [2, 8], DType::F32).unwrap();
         ops::bias_gelu_fwd(&s, &x, &bias, &mut y).unwrap();
-        assert!(!s.is_idle().unwrap(), "the stream cannot be idle while blocked");
+        assert!(
+            !s.is_idle().unwrap(),
+            "the stream cannot be idle while blocked"
+        );
         let done = s.record_event().unwrap();
         assert!(!done.query().unwrap());
         release_tx.send(()).unwrap();
@@ -129,7 +141,10 @@ fn an_event_orders_two_streams() {
         let got = y.to_vec::<f32>(&b).unwrap();
         for (i, (&g, &d)) in got.iter().zip(&data).enumerate() {
             let want = ferrotron::reference::bias_gelu::gelu_ref(d as f64) as f32;
-            assert!((g - want).abs() <= 1e-6 * (1.0 + want.abs()), "y[{i}] = {g}, want {want}");
+            assert!(
+                (g - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "y[{i}] = {g}, want {want}"
+            );
         }
     });
 }
@@ -172,7 +187,14 @@ fn a_missing_event_is_an_unsynchronized_access() {
         ops::bias_gelu_fwd(&b, &x, &bias, &mut y).unwrap();
         let err = x.copy_from_slice(&a, &ramp(8, 2.0)).unwrap_err();
         assert!(
-            matches!(err, Error::UnsynchronizedAccess { access: "write", previous: "read", .. }),
+            matches!(
+                err,
+                Error::UnsynchronizedAccess {
+                    access: "write",
+                    previous: "read",
+                    ..
+                }
+            ),
             "{err}"
         );
         // Ordering back from b to a (event) makes the write legal.
@@ -280,7 +302,10 @@ fn synchronize_timeout_names_the_stream() {
         let err = s
             .synchronize_timeout(std::time::Duration::from_millis(50))
             .unwrap_err();
-        assert!(matches!(&err, Error::Timeout { what, .. } if what.contains("stuck")), "{err}");
+        assert!(
+            matches!(&err, Error::Timeout { what, .. } if what.contains("stuck")),
+            "{err}"
+        );
         release_tx.send(()).unwrap();
         s.synchronize().unwrap();
     });

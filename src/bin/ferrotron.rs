@@ -6,7 +6,11 @@ use ferrotron::{BackendKind, Device};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ferrotron", version, about = "Model-parallel building blocks, checked against CPU references")]
+#[command(
+    name = "ferrotron",
+    version,
+    about = "Model-parallel building blocks, checked against CPU references"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -50,7 +50,7 @@ pub fn adamw_step(
     let writes = [("param", &*param), ("m", &*m), ("v", &*v)];
     prepare(stream, OP, &reads, &writes)?;
     let dtype = param.dtype();
-    let cfg = cfg.clone();
+    let cfg = *cfg;
     match stream.imp() {
         StreamImpl::Cpu(_) => {
             enqueue_host(stream, OP, &reads, &writes, move |l| {

@@ -41,7 +41,7 @@ pub fn gemm(stream: &Stream, a: &Tensor, b: &Tensor, c: &mut Tensor, args: &Gemm
     validate::rank(OP, "a", a, 2)?;
     validate::rank(OP, "b", b, 2)?;
     validate::rank(OP, "c", c, 2)?;
-    for (n, t) in [("a", &*a), ("b", &*b), ("c", &*c)] {
+    for (n, t) in [("a", a), ("b", b), ("c", &*c)] {
         validate::nonzero(OP, n, t)?;
         validate::float(OP, n, t)?;
     }

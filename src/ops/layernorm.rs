@@ -46,7 +46,11 @@ pub fn layernorm_fwd(
     validate::dtype(OP, "y", y, x.dtype())?;
     check_stats(OP, rows, mean, rstd)?;
     if !(eps > 0.0 && eps.is_finite()) {
-        return Err(Error::invalid(OP, "eps", format!("{eps} must be positive and finite")));
+        return Err(Error::invalid(
+            OP,
+            "eps",
+            format!("{eps} must be positive and finite"),
+        ));
     }
     let reads = [("x", x), ("gamma", gamma), ("beta", beta)];
     let writes = [("y", &*y), ("mean", &*mean), ("rstd", &*rstd)];

@@ -112,7 +112,8 @@ pub(crate) fn record_op(
         pos = sc.pos + 1;
         sc.known.clone()
     };
-    let covered = |a: &Access| a.stream == stream || known.get(&a.stream).copied().unwrap_or(0) >= a.pos;
+    let covered =
+        |a: &Access| a.stream == stream || known.get(&a.stream).copied().unwrap_or(0) >= a.pos;
     let mut states: Vec<(MutexGuard<'_, AccessState>, bool)> = Vec::new();
     // Lock every state once (a buffer may appear as both read and write: treat it as a write).
     let mut seen: Vec<u64> = Vec::new();

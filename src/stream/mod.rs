@@ -120,9 +120,9 @@ impl Stream {
                     }),
                 });
             }
-            (StreamImpl::Cuda(s), EventImpl::Cuda(e)) => {
-                e.record(s).map_err(|e| cuda::driver_error("cuEventRecord", e))?
-            }
+            (StreamImpl::Cuda(s), EventImpl::Cuda(e)) => e
+                .record(s)
+                .map_err(|e| cuda::driver_error("cuEventRecord", e))?,
             _ => unreachable!("device kinds checked above"),
         }
         *event.inner.clock.lock().unwrap_or_else(|p| p.into_inner()) = clock;
@@ -157,14 +157,19 @@ impl Stream {
                     });
                 }
             }
-            (StreamImpl::Cuda(s), EventImpl::Cuda(e)) => {
-                s.wait(e)
-                    .map_err(|e| cuda::driver_error("cuStreamWaitEvent", e))?
-            }
+            (StreamImpl::Cuda(s), EventImpl::Cuda(e)) => s
+                .wait(e)
+                .map_err(|e| cuda::driver_error("cuStreamWaitEvent", e))?,
             _ => unreachable!("device kinds checked above"),
         }
         if self.inner.device.is_checked() {
-            if let Some(c) = event.inner.clock.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if let Some(c) = event
+                .inner
+                .clock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
                 checked::stream_waits(self.inner.id, c);
             }
         }

@@ -8,8 +8,8 @@
 
 mod host_data;
 
-pub use host_data::{HostData, HostElement};
 pub(crate) use host_data::{view, view_mut};
+pub use host_data::{HostData, HostElement};
 
 use crate::backend::cuda::CudaMem;
 use crate::device::Device;
@@ -79,7 +79,10 @@ impl std::fmt::Debug for Tensor {
         write!(
             f,
             "Tensor({}, {:?}, {}, {})",
-            self.buf.label, self.shape, self.buf.dtype, self.buf.device.label()
+            self.buf.label,
+            self.shape,
+            self.buf.dtype,
+            self.buf.device.label()
         )
     }
 }

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 /// Runs `body` on its own thread and fails the test with a message if it does not finish within
 /// `secs` seconds, so a hang in a stream, an event or a collective can never stall CI.
-pub fn watchdog<T: Send + 'static>(secs: u64, name: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
+pub fn watchdog<T: Send + 'static>(
+    secs: u64,
+    name: &str,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = mpsc::channel();
     let handle = std::thread::Builder::new()
         .name(format!("watchdog:{name}"))

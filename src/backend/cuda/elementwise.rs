@@ -42,7 +42,10 @@ fn launch<P: cudarc::driver::DeviceRepr>(
     params: &P,
     cfg: LaunchConfig,
 ) -> Result<()> {
-    let dev = stream.device().cuda_state().expect("cuda stream on a cuda device");
+    let dev = stream
+        .device()
+        .cuda_state()
+        .expect("cuda stream on a cuda device");
     let f = dev.function(MODULE, function)?;
     let mut b = s.launch_builder(&f);
     b.arg(params);
@@ -50,7 +53,8 @@ fn launch<P: cudarc::driver::DeviceRepr>(
     // `crate::kernels::abi`); every pointer in it addresses a live buffer of the element count
     // the op layer validated, and those buffers stay alive until this stream is past the kernel
     // (`CudaMem`'s Drop orders the free after every user stream).
-    unsafe { b.launch(cfg) }.map_err(|e| driver_error(&format!("cuLaunchKernel({function})"), e))?;
+    unsafe { b.launch(cfg) }
+        .map_err(|e| driver_error(&format!("cuLaunchKernel({function})"), e))?;
     Ok(())
 }
 
@@ -76,7 +80,13 @@ pub(crate) fn bias_gelu_fwd(
         rows: rows as u64,
         cols: cols as u64,
     };
-    launch(stream, s, &format!("ft_bias_gelu_fwd_{sfx}"), &p, grid_for(rows * cols))
+    launch(
+        stream,
+        s,
+        &format!("ft_bias_gelu_fwd_{sfx}"),
+        &p,
+        grid_for(rows * cols),
+    )
 }
 
 /// `dx = dy * gelu'(x + bias)`, then `dbias = column sums of dx` on the same stream.
@@ -101,7 +111,13 @@ pub(crate) fn bias_gelu_bwd(
         rows: rows as u64,
         cols: cols as u64,
     };
-    launch(stream, s, &format!("ft_bias_gelu_bwd_{sfx}"), &p, grid_for(rows * cols))?;
+    launch(
+        stream,
+        s,
+        &format!("ft_bias_gelu_bwd_{sfx}"),
+        &p,
+        grid_for(rows * cols),
+    )?;
     if let Some(db) = dbias {
         let c = FtColumnSumParams {
             x: ptr(s, dx),
@@ -109,7 +125,13 @@ pub(crate) fn bias_gelu_bwd(
             rows: rows as u64,
             cols: cols as u64,
         };
-        launch(stream, s, &format!("ft_column_sum_{sfx}"), &c, grid_for(cols))?;
+        launch(
+            stream,
+            s,
+            &format!("ft_column_sum_{sfx}"),
+            &c,
+            grid_for(cols),
+        )?;
     }
     Ok(())
 }

@@ -6,8 +6,7 @@ pub mod elementwise;
 
 use crate::error::{Error, Result};
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
-    DriverError,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
