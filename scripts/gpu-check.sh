@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# GPU checks, in two halves (../shared/gpu.md): the GPU machine has the driver but no Rust
+# toolchain and no network, so everything is built here and run there.
+#
+#   bash scripts/gpu-check.sh build   # here: release test binaries + CLI into .gpu/
+#   bash .gpu/run.sh                  # there (device tool: carry [".gpu"]), logs under $OUT
+#
+# Without a GPU the run half says so and exits 0 unless FERROTRON_REQUIRE_GPU=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-build}" in
+build)
+  export FERROTRON_NVCC="$(bash scripts/install-cuda-toolchain.sh)"
+  export FERROTRON_REQUIRE_KERNELS=1
+  rm -rf .gpu && mkdir -p .gpu/tests
+  cargo build --release --bin ferrotron
+  cp target/release/ferrotron .gpu/
+  # Test executables: every integration test plus the library's unit tests.
+  cargo test --release --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])' \
+    | while read -r exe; do cp "$exe" .gpu/tests/; done
+  cat > .gpu/run.sh <<'RUN'
+#!/usr/bin/env bash
+# Runs on the GPU machine from the repository root; writes logs to ${OUT:-.gpu/out}.
+set -uo pipefail
+out="${OUT:-.gpu/out}"; mkdir -p "$out"
+libdirs=$(ldconfig -p | awk '/libcuda\.so|libnccl\.so|libcublasLt\.so|libnvrtc\.so/ {print $NF}' | xargs -r -n1 dirname | sort -u | tr '\n' ':')
+export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:-}"
+export FERROTRON_REQUIRE_GPU="${FERROTRON_REQUIRE_GPU:-1}"
+nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" > "$out/nvidia-smi.txt"
+status=0
+.gpu/ferrotron check --backend cuda 2>&1 | tee "$out/check-cuda.txt" || status=1
+for t in .gpu/tests/*; do
+  echo "== $t" | tee -a "$out/tests.txt"
+  "$t" 2>&1 | tee -a "$out/tests.txt" || status=1
+done
+if command -v compute-sanitizer >/dev/null; then
+  compute-sanitizer --tool memcheck .gpu/ferrotron check --backend cuda > "$out/memcheck.txt" 2>&1 || status=1
+  compute-sanitizer --tool racecheck .gpu/ferrotron check --backend cuda > "$out/racecheck.txt" 2>&1 || status=1
+else
+  echo "compute-sanitizer not found" > "$out/memcheck.txt"
+fi
+date -u +%Y-%m-%dT%H:%MZ > "$out/date.txt"
+exit $status
+RUN
+  chmod +x .gpu/run.sh
+  du -sh .gpu
+  echo "built .gpu/: run 'bash .gpu/run.sh' on the GPU machine (carry .gpu)"
+  ;;
+*)
+  echo "usage: scripts/gpu-check.sh build" >&2
+  exit 2
+  ;;
+esac
