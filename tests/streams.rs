@@ -280,11 +280,13 @@ fn async_failures_are_reported_at_synchronize() {
         ops::cross_entropy_fwd(&s, &logits, &targets, &mut losses).unwrap();
         let err = s.synchronize().unwrap_err();
         match err {
-            Error::AsyncFailure { op, message, .. } => {
-                assert_eq!(op, "cross_entropy_fwd");
-                assert!(message.contains("index 7 at position 1"), "{message}");
-            }
-            other => panic!("expected AsyncFailure, got {other:?}"),
+            Error::IndexOutOfRange {
+                op,
+                position,
+                index,
+                classes,
+            } => assert_eq!((op, position, index, classes), ("cross_entropy_fwd", 1, 7, 4)),
+            other => panic!("expected IndexOutOfRange, got {other:?}"),
         }
     });
 }

@@ -21,7 +21,7 @@ fn check(op: &'static str, logits: &Tensor, targets: &Tensor) -> Result<(usize, 
 /// Targets live on the device, so their range is checked where the op runs, like a device-side
 /// assert: a bad index fails the op (reported at the stream's next synchronize) and nothing of
 /// the outputs is trusted.
-fn check_targets(op: &'static str, t: &[i32], classes: usize) -> std::result::Result<(), String> {
+fn check_targets(op: &'static str, t: &[i32], classes: usize) -> Result<()> {
     match t.iter().position(|&c| c < 0 || c as usize >= classes) {
         None => Ok(()),
         Some(position) => Err(Error::IndexOutOfRange {
@@ -29,8 +29,7 @@ fn check_targets(op: &'static str, t: &[i32], classes: usize) -> std::result::Re
             position,
             index: t[position] as i64,
             classes,
-        }
-        .to_string()),
+        }),
     }
 }
 

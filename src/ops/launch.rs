@@ -56,7 +56,7 @@ pub(crate) fn enqueue_host<F>(
     writes: &[(&str, &Tensor)],
     f: F,
 ) where
-    F: FnOnce(&mut Locked<'_>) -> std::result::Result<(), String> + Send + 'static,
+    F: FnOnce(&mut Locked<'_>) -> Result<()> + Send + 'static,
 {
     let rb: Vec<Arc<_>> = reads.iter().map(|(_, t)| t.buffer().clone()).collect();
     let wb: Vec<Arc<_>> = writes.iter().map(|(_, t)| t.buffer().clone()).collect();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 /// A unit of work: its op name (for error messages) and the closure.
 pub(crate) struct Task {
     pub op: &'static str,
-    pub run: Box<dyn FnOnce() -> std::result::Result<(), String> + Send>,
+    pub run: Box<dyn FnOnce() -> Result<()> + Send>,
 }
 
 #[derive(Default)]
@@ -51,23 +51,21 @@ impl CpuQueue {
                     let outcome = catch_unwind(AssertUnwindSafe(task.run));
                     let err = match outcome {
                         Ok(Ok(())) => None,
-                        Ok(Err(msg)) => Some(msg),
-                        Err(panic) => Some(
-                            panic
+                        Ok(Err(e)) => Some(e),
+                        Err(panic) => Some(Error::AsyncFailure {
+                            stream: worker.label.clone(),
+                            op: op.to_string(),
+                            message: panic
                                 .downcast_ref::<&str>()
                                 .map(|s| s.to_string())
                                 .or_else(|| panic.downcast_ref::<String>().cloned())
                                 .unwrap_or_else(|| "panic".to_string()),
-                        ),
+                        }),
                     };
                     let mut p = worker.progress.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(message) = err {
+                    if let Some(e) = err {
                         if p.first_error.is_none() {
-                            p.first_error = Some(Error::AsyncFailure {
-                                stream: worker.label.clone(),
-                                op: op.to_string(),
-                                message,
-                            });
+                            p.first_error = Some(e);
                         }
                     }
                     p.completed += 1;

@@ -268,7 +268,7 @@ impl Stream {
     pub(crate) fn push_host(
         &self,
         op: &'static str,
-        run: impl FnOnce() -> std::result::Result<(), String> + Send + 'static,
+        run: impl FnOnce() -> Result<()> + Send + 'static,
     ) {
         match &self.inner.imp {
             StreamImpl::Cpu(q) => {
