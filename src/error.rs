@@ -174,6 +174,60 @@ pub enum Error {
         /// How long it waited.
         seconds: f64,
     },
+    /// Ranks called different collectives (or the same one with different arguments) at the
+    /// same position of a communicator's sequence. Every rank of the communicator gets this error.
+    #[error(
+        "collective mismatch on {comm} at call #{seq}: ranks {ranks_a:?} called {call_a}, but ranks \
+         {ranks_b:?} called {call_b}"
+    )]
+    CollectiveMismatch {
+        /// The communicator.
+        comm: String,
+        /// The call's sequence number on that communicator (0-based).
+        seq: u64,
+        /// One call, as its signature.
+        call_a: String,
+        /// The ranks that made it.
+        ranks_a: Box<[usize]>,
+        /// A different call.
+        call_b: String,
+        /// The ranks that made that one.
+        ranks_b: Box<[usize]>,
+    },
+    /// Another rank failed (returned an error or panicked), so this rank stopped waiting for it.
+    #[error("rank {rank} failed, so this rank gave up waiting in {waiting_in}: {reason}")]
+    PeerFailed {
+        /// The rank that failed.
+        rank: usize,
+        /// Why it failed.
+        reason: String,
+        /// What this rank was doing.
+        waiting_in: String,
+    },
+    /// A rank of `launch` failed; the error it returned (or its panic message).
+    #[error("rank {rank}: {error}")]
+    RankFailed {
+        /// The rank.
+        rank: usize,
+        /// Its error.
+        error: Box<Error>,
+    },
+    /// Point-to-point operations wait on each other in a cycle that can never resolve.
+    #[error("deadlock: {cycle}")]
+    Deadlock {
+        /// The cycle of waits, e.g. `rank 0 send->1 waits for rank 1, rank 1 send->0 waits for rank 0`.
+        cycle: String,
+    },
+    /// A rank number outside a communicator.
+    #[error("{op}: rank {rank} is out of range for a communicator of {size} ranks")]
+    InvalidRank {
+        /// The operation.
+        op: &'static str,
+        /// The rank given.
+        rank: usize,
+        /// The communicator size.
+        size: usize,
+    },
     /// No CUDA driver (`libcuda.so`) could be loaded on this machine.
     #[error("no CUDA driver: libcuda.so could not be loaded ({detail})")]
     NoCudaDriver {

@@ -16,6 +16,7 @@
 
 pub mod backend;
 pub mod check;
+pub mod comm;
 pub mod device;
 pub mod dtype;
 pub mod error;

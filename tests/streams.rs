@@ -285,7 +285,10 @@ fn async_failures_are_reported_at_synchronize() {
                 position,
                 index,
                 classes,
-            } => assert_eq!((op, position, index, classes), ("cross_entropy_fwd", 1, 7, 4)),
+            } => assert_eq!(
+                (op, position, index, classes),
+                ("cross_entropy_fwd", 1, 7, 4)
+            ),
             other => panic!("expected IndexOutOfRange, got {other:?}"),
         }
     });

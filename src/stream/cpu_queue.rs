@@ -48,6 +48,22 @@ impl CpuQueue {
             .spawn(move || {
                 while let Ok(task) = rx.recv() {
                     let op = task.op;
+                    // After a failure the stream is poisoned, like a CUDA stream after a sticky
+                    // error: later work is skipped (its results would be garbage), except event
+                    // records, which still complete so that no waiter hangs.
+                    let poisoned = worker
+                        .progress
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .first_error
+                        .is_some();
+                    if poisoned && op != "event_record" {
+                        let mut p = worker.progress.lock().unwrap_or_else(|e| e.into_inner());
+                        p.completed += 1;
+                        drop(p);
+                        worker.done.notify_all();
+                        continue;
+                    }
                     let outcome = catch_unwind(AssertUnwindSafe(task.run));
                     let err = match outcome {
                         Ok(Ok(())) => None,
@@ -96,6 +112,16 @@ impl CpuQueue {
     /// Number of tasks enqueued so far.
     pub fn enqueued(&self) -> u64 {
         *self.enqueued.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stream's first asynchronous failure, if any (does not wait).
+    pub fn error(&self) -> Option<Error> {
+        self.shared
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first_error
+            .clone()
     }
 
     /// Whether every task enqueued so far has run.

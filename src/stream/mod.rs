@@ -228,6 +228,15 @@ impl Stream {
         Ok(())
     }
 
+    /// The stream's first asynchronous failure so far, if any (never blocks). On the CPU backend
+    /// a failed stream skips the work enqueued after the failure (events still complete).
+    pub fn error(&self) -> Option<Error> {
+        match &self.inner.imp {
+            StreamImpl::Cpu(q) => q.error(),
+            StreamImpl::Cuda(_) => None,
+        }
+    }
+
     /// Whether all work enqueued so far has finished (never blocks).
     pub fn is_idle(&self) -> Result<bool> {
         match &self.inner.imp {

@@ -1,0 +1,166 @@
+//! Communicators: the collective and point-to-point API every parallel layer talks to.
+//!
+//! One trait, [`Communicator`], implemented per backend (today: [`threads`], in-process ranks
+//! over shared memory). Every call is enqueued on a stream the caller names and returns a
+//! [`Work`] handle at once: wait on it from the host, or make another stream wait on its event,
+//! so communication overlaps compute on other streams.
+//!
+//! Checked semantics (all backends): each call carries a [`Signature`]; ranks whose calls differ
+//! at the same sequence number all get [`crate::Error::CollectiveMismatch`]; every wait has a
+//! timeout naming the op, the sequence number and the ranks that never arrived; a rank that fails
+//! makes the others fail fast with [`crate::Error::PeerFailed`].
+
+mod launch;
+mod reduce;
+mod signature;
+pub mod threads;
+
+pub use launch::{launch, launch_with, RankCtx};
+pub use signature::{CollOp, ReduceOp, Signature};
+
+use crate::error::{Error, Result};
+use crate::stream::{Event, Stream};
+use crate::tensor::Tensor;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Settings of a communicator.
+#[derive(Clone, Debug)]
+pub struct CommConfig {
+    /// How long any wait for peers may take before it fails with [`Error::Timeout`].
+    /// Default 300 s (`FERROTRON_COMM_TIMEOUT_S` overrides); tests use a few seconds.
+    pub timeout: Duration,
+    /// How long a cycle of blocked point-to-point waits must persist before it is reported as
+    /// [`Error::Deadlock`] (rather than waiting for the timeout). Default 5 s.
+    pub deadlock_grace: Duration,
+}
+
+impl Default for CommConfig {
+    fn default() -> Self {
+        let secs = std::env::var("FERROTRON_COMM_TIMEOUT_S")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| *v > 0.0)
+            .unwrap_or(300.0);
+        CommConfig {
+            timeout: Duration::from_secs_f64(secs),
+            deadlock_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The handle of an enqueued communication call.
+#[derive(Clone)]
+pub struct Work {
+    event: Event,
+    stream: Stream,
+    status: Arc<Mutex<Option<Error>>>,
+}
+
+impl Work {
+    pub(crate) fn new(event: Event, stream: Stream, status: Arc<Mutex<Option<Error>>>) -> Work {
+        Work {
+            event,
+            stream,
+            status,
+        }
+    }
+
+    /// The call's own error, else the stream's (a call skipped because earlier work on its
+    /// stream failed reports that failure).
+    fn outcome(&self) -> Result<()> {
+        if let Some(e) = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return Err(e.clone());
+        }
+        match self.stream.error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The event recorded after the call: make a stream wait on it to order work after the call.
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// Blocks the host until the call has completed; returns its error if it failed.
+    pub fn wait(&self) -> Result<()> {
+        self.event.synchronize()?;
+        self.outcome()
+    }
+
+    /// Like [`Work::wait`], failing with [`Error::Timeout`] after `timeout`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<()> {
+        self.event.synchronize_timeout(timeout)?;
+        self.outcome()
+    }
+}
+
+/// Collective and point-to-point communication among the ranks of a group.
+///
+/// Buffers are dense tensors; counts are element counts (a tensor's first dimension is its
+/// outermost, so "along the first dimension" and "contiguous blocks" coincide). f32 and bf16
+/// are supported; bf16 reduces with f32 accumulation. Reductions sum in rank order, so results
+/// are bitwise reproducible for the same inputs and group size.
+pub trait Communicator: Send + Sync {
+    /// This rank's index in the group.
+    fn rank(&self) -> usize;
+    /// The number of ranks in the group.
+    fn size(&self) -> usize;
+    /// A name for messages (e.g. `threads:world`, `threads:world/split(1)`).
+    fn name(&self) -> &str;
+
+    /// In place: every rank's `buf` becomes the reduction of all ranks' `buf`.
+    fn all_reduce(&self, stream: &Stream, buf: &mut Tensor, op: ReduceOp) -> Result<Work>;
+    /// `output` (size x input count) is the concatenation of every rank's `input`, in rank order.
+    fn all_gather(&self, stream: &Stream, input: &Tensor, output: &mut Tensor) -> Result<Work>;
+    /// Like [`Communicator::all_gather`] with `counts[r]` elements from rank `r`.
+    fn all_gather_v(
+        &self,
+        stream: &Stream,
+        input: &Tensor,
+        output: &mut Tensor,
+        counts: &[usize],
+    ) -> Result<Work>;
+    /// `output` is block `rank` (of `size` equal blocks) of the reduction of every `input`.
+    fn reduce_scatter(
+        &self,
+        stream: &Stream,
+        input: &Tensor,
+        output: &mut Tensor,
+        op: ReduceOp,
+    ) -> Result<Work>;
+    /// Like [`Communicator::reduce_scatter`] with block `r` of `counts[r]` elements.
+    fn reduce_scatter_v(
+        &self,
+        stream: &Stream,
+        input: &Tensor,
+        output: &mut Tensor,
+        counts: &[usize],
+        op: ReduceOp,
+    ) -> Result<Work>;
+    /// In place: every rank's `buf` becomes rank `root`'s.
+    fn broadcast(&self, stream: &Stream, buf: &mut Tensor, root: usize) -> Result<Work>;
+    /// Sends `buf` to `peer`; matched in order with `peer`'s receives from this rank with `tag`.
+    fn send(&self, stream: &Stream, buf: &Tensor, peer: usize, tag: u32) -> Result<Work>;
+    /// Receives into `buf` from `peer` (size and dtype must match the send).
+    fn recv(&self, stream: &Stream, buf: &mut Tensor, peer: usize, tag: u32) -> Result<Work>;
+    /// Completes once every rank has reached it.
+    fn barrier(&self, stream: &Stream) -> Result<Work>;
+    /// Collective over the group, blocking the host: ranks with the same `color` form a new
+    /// group, ordered by `(key, rank)`; `None` opts out (returns `None`).
+    fn split(&self, color: Option<u32>, key: usize) -> Result<Option<Box<dyn Communicator>>>;
+}
+
+/// Validates a rank argument.
+pub(crate) fn check_rank(op: &'static str, rank: usize, size: usize) -> Result<()> {
+    if rank >= size {
+        return Err(Error::InvalidRank { op, rank, size });
+    }
+    Ok(())
+}
