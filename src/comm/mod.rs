@@ -10,6 +10,7 @@
 //! timeout naming the op, the sequence number and the ranks that never arrived; a rank that fails
 //! makes the others fail fast with [`crate::Error::PeerFailed`].
 
+mod host;
 mod launch;
 mod reduce;
 mod signature;

@@ -10,13 +10,11 @@
 //! released. No lock is held while data moves; the rendezvous lock only guards the bookkeeping.
 
 use super::reduce::{self, Raw};
-use super::{check_rank, CollOp, CommConfig, Communicator, ReduceOp, Signature, Work};
-use crate::backend::cpu::lock_all;
+use super::{check_rank, host, CollOp, CommConfig, Communicator, ReduceOp, Signature, Work};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::launch::prepare;
-use crate::stream::{Stream, StreamImpl};
-use crate::tensor::{HostData, Tensor};
+use crate::stream::Stream;
+use crate::tensor::Tensor;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -364,76 +362,6 @@ impl ThreadComm {
         self.seq.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn comm_dtype(op: &'static str, what: &str, t: &Tensor) -> Result<DType> {
-        match t.dtype() {
-            DType::F32 | DType::BF16 => Ok(t.dtype()),
-            d => Err(Error::UnsupportedDType {
-                op,
-                what: what.into(),
-                dtype: d,
-            }),
-        }
-    }
-
-    fn same_dtype(op: &'static str, what: &str, t: &Tensor, want: DType) -> Result<()> {
-        if t.dtype() != want {
-            return Err(Error::DTypeMismatch {
-                op,
-                what: what.into(),
-                expected: want,
-                got: t.dtype(),
-            });
-        }
-        Ok(())
-    }
-
-    fn count(op: &'static str, what: &str, t: &Tensor, want: usize) -> Result<()> {
-        if t.numel() != want {
-            return Err(Error::ShapeMismatch {
-                op,
-                what: format!("{what} element count"),
-                expected: vec![want],
-                got: vec![t.numel()],
-            });
-        }
-        Ok(())
-    }
-
-    /// Enqueues `run` on `stream` with `reads`/`writes` locked and published as raw buffers.
-    fn enqueue(
-        &self,
-        stream: &Stream,
-        op: &'static str,
-        reads: &[(&str, &Tensor)],
-        writes: &[(&str, &Tensor)],
-        run: impl FnOnce(&[Raw], &[Raw]) -> Result<()> + Send + 'static,
-    ) -> Result<Work> {
-        if !matches!(stream.imp(), StreamImpl::Cpu(_)) {
-            return Err(Error::Unsupported {
-                op,
-                backend: format!("{} (threads communicator)", stream.device().kind()),
-            });
-        }
-        prepare(stream, op, reads, writes)?;
-        let status: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
-        let slot = status.clone();
-        let rb: Vec<_> = reads.iter().map(|(_, t)| t.buffer().clone()).collect();
-        let wb: Vec<_> = writes.iter().map(|(_, t)| t.buffer().clone()).collect();
-        stream.push_host(op, move || {
-            let mut locked = lock_all(&rb, &wb);
-            let (r, w) = locked.io();
-            let raw_r: Vec<Raw> = r.iter().map(|h| raw_of(h)).collect();
-            let raw_w: Vec<Raw> = w.into_iter().map(raw_of_mut).collect();
-            let out = run(&raw_r, &raw_w);
-            drop(locked);
-            if let Err(e) = &out {
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
-            }
-            out
-        });
-        Ok(Work::new(stream.record_event()?, stream.clone(), status))
-    }
-
     /// Splits `0..n` into `size` contiguous blocks aligned to 16 elements (64 bytes of f32, so
     /// ranks do not write the same cache line).
     fn blocks(n: usize, size: usize) -> Vec<(usize, usize)> {
@@ -445,16 +373,6 @@ impl ThreadComm {
                 (lo, hi)
             })
             .collect()
-    }
-
-    fn offsets(counts: &[usize]) -> Vec<usize> {
-        let mut o = Vec::with_capacity(counts.len());
-        let mut acc = 0;
-        for c in counts {
-            o.push(acc);
-            acc += c;
-        }
-        o
     }
 
     fn sig(op: CollOp, dtype: Option<DType>, counts: Vec<usize>) -> Signature {
@@ -473,23 +391,6 @@ impl ThreadComm {
         let k = *n;
         *n += 1;
         k
-    }
-}
-
-fn raw_of(h: &HostData) -> Raw {
-    Raw {
-        ptr: h.as_bytes().as_ptr() as *mut u8,
-        len: h.len(),
-        dtype: h.dtype(),
-    }
-}
-
-fn raw_of_mut(h: &mut HostData) -> Raw {
-    let (len, dtype) = (h.len(), h.dtype());
-    Raw {
-        ptr: h.as_bytes_mut().as_mut_ptr(),
-        len,
-        dtype,
     }
 }
 
@@ -515,15 +416,15 @@ impl ThreadComm {
         op: ReduceOp,
     ) -> Result<Work> {
         const OP: &str = "reduce_scatter";
-        let dtype = Self::comm_dtype(OP, "input", input)?;
-        Self::same_dtype(OP, "output", output, dtype)?;
-        Self::count(OP, "input", input, counts.iter().sum())?;
-        Self::count(OP, "output", output, counts[self.rank])?;
+        let dtype = host::comm_dtype(OP, "input", input)?;
+        host::same_dtype(OP, "output", output, dtype)?;
+        host::count(OP, "input", input, counts.iter().sum())?;
+        host::count(OP, "output", output, counts[self.rank])?;
         let seq = self.next_seq();
         let mut sig = Self::sig(CollOp::ReduceScatter, Some(dtype), counts.clone());
         sig.redop = Some(op);
         let sh = self.shared();
-        self.enqueue(
+        host::enqueue(
             stream,
             OP,
             &[("input", input)],
@@ -535,7 +436,7 @@ impl ThreadComm {
                     output: Some(w[0]),
                     split: (0, 0),
                 };
-                let offs = Self::offsets(&counts);
+                let offs = host::offsets(&counts);
                 let me = sh.rank;
                 sh.group.collective(me, seq, arrival, |all| {
                     let srcs: Vec<(Raw, usize)> = all
@@ -560,14 +461,14 @@ impl ThreadComm {
         counts: Vec<usize>,
     ) -> Result<Work> {
         const OP: &str = "all_gather";
-        let dtype = Self::comm_dtype(OP, "input", input)?;
-        Self::same_dtype(OP, "output", output, dtype)?;
-        Self::count(OP, "input", input, counts[self.rank])?;
-        Self::count(OP, "output", output, counts.iter().sum())?;
+        let dtype = host::comm_dtype(OP, "input", input)?;
+        host::same_dtype(OP, "output", output, dtype)?;
+        host::count(OP, "input", input, counts[self.rank])?;
+        host::count(OP, "output", output, counts.iter().sum())?;
         let seq = self.next_seq();
         let sig = Self::sig(CollOp::AllGather, Some(dtype), counts.clone());
         let sh = self.shared();
-        self.enqueue(
+        host::enqueue(
             stream,
             OP,
             &[("input", input)],
@@ -579,7 +480,7 @@ impl ThreadComm {
                     output: Some(w[0]),
                     split: (0, 0),
                 };
-                let offs = Self::offsets(&counts);
+                let offs = host::offsets(&counts);
                 sh.group.collective(sh.rank, seq, arrival, |all| {
                     for (q, a) in all.iter().enumerate() {
                         // SAFETY: inputs are read-only for everyone during the collective; this rank
@@ -610,13 +511,13 @@ impl Communicator for ThreadComm {
 
     fn all_reduce(&self, stream: &Stream, buf: &mut Tensor, op: ReduceOp) -> Result<Work> {
         const OP: &str = "all_reduce";
-        let dtype = Self::comm_dtype(OP, "buf", buf)?;
+        let dtype = host::comm_dtype(OP, "buf", buf)?;
         let n = buf.numel();
         let seq = self.next_seq();
         let mut sig = Self::sig(CollOp::AllReduce, Some(dtype), vec![n]);
         sig.redop = Some(op);
         let sh = self.shared();
-        self.enqueue(stream, OP, &[], &[("buf", &*buf)], move |_, w| {
+        host::enqueue(stream, OP, &[], &[("buf", &*buf)], move |_, w| {
             let arrival = Arrival {
                 sig,
                 input: None,
@@ -691,13 +592,13 @@ impl Communicator for ThreadComm {
     fn broadcast(&self, stream: &Stream, buf: &mut Tensor, root: usize) -> Result<Work> {
         const OP: &str = "broadcast";
         check_rank(OP, root, self.size())?;
-        let dtype = Self::comm_dtype(OP, "buf", buf)?;
+        let dtype = host::comm_dtype(OP, "buf", buf)?;
         let n = buf.numel();
         let seq = self.next_seq();
         let mut sig = Self::sig(CollOp::Broadcast, Some(dtype), vec![n]);
         sig.root = Some(root);
         let sh = self.shared();
-        self.enqueue(stream, OP, &[], &[("buf", &*buf)], move |_, w| {
+        host::enqueue(stream, OP, &[], &[("buf", &*buf)], move |_, w| {
             let arrival = Arrival {
                 sig,
                 input: None,
@@ -722,12 +623,12 @@ impl Communicator for ThreadComm {
         if peer == self.rank {
             return Err(Error::invalid(OP, "peer", "a rank cannot send to itself"));
         }
-        let dtype = Self::comm_dtype(OP, "buf", buf)?;
+        let dtype = host::comm_dtype(OP, "buf", buf)?;
         let n = buf.numel();
         let key = (self.rank, peer, tag, self.p2p_key(self.rank, peer, tag));
         let sh = self.shared();
         let sid = stream.id();
-        self.enqueue(stream, OP, &[("buf", buf)], &[], move |r, _| {
+        host::enqueue(stream, OP, &[("buf", buf)], &[], move |r, _| {
             let g = &sh.group;
             let mut st = g.lock();
             st.p2p.insert(
@@ -788,12 +689,12 @@ impl Communicator for ThreadComm {
                 "a rank cannot receive from itself",
             ));
         }
-        let dtype = Self::comm_dtype(OP, "buf", buf)?;
+        let dtype = host::comm_dtype(OP, "buf", buf)?;
         let n = buf.numel();
         let key = (peer, self.rank, tag, self.p2p_key(peer, self.rank, tag));
         let sh = self.shared();
         let sid = stream.id();
-        self.enqueue(stream, OP, &[], &[("buf", &*buf)], move |_, w| {
+        host::enqueue(stream, OP, &[], &[("buf", &*buf)], move |_, w| {
             let g = &sh.group;
             let st = g.lock();
             let what_s = format!("recv #{} from rank {peer} (tag {tag}) on {}", key.3, g.name);
@@ -832,7 +733,7 @@ impl Communicator for ThreadComm {
         let seq = self.next_seq();
         let sig = Self::sig(CollOp::Barrier, None, vec![]);
         let sh = self.shared();
-        self.enqueue(stream, "barrier", &[], &[], move |_, _| {
+        host::enqueue(stream, "barrier", &[], &[], move |_, _| {
             let arrival = Arrival {
                 sig,
                 input: None,
