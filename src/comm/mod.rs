@@ -12,6 +12,10 @@
 
 mod host;
 mod launch;
+#[cfg(feature = "mpi")]
+pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 mod reduce;
 mod signature;
 pub mod threads;

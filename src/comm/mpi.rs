@@ -1,0 +1,1 @@
+//! The MPI communicator (feature `mpi`): CPU ranks as processes, over OpenMPI.
