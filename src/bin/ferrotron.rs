@@ -1,8 +1,11 @@
-//! The `ferrotron` command line. Subcommands grow with the issues; today: `check`.
+//! The `ferrotron` command line: `check` (every op vs its reference), `bench comm` (nccl-tests
+//! style collective table).
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ferrotron::bench::comm::{self, BenchOp, CommBench};
 use ferrotron::check::{self, CheckReport};
-use ferrotron::{BackendKind, Device};
+use ferrotron::comm::launch;
+use ferrotron::{BackendKind, DType, Device};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -38,11 +41,103 @@ enum Command {
         #[arg(long, default_value_t = 0x5eed)]
         seed: u64,
     },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Collectives, as an nccl-tests table, with a memcpy baseline measured in the same run.
+    Comm {
+        /// all_reduce, all_gather, reduce_scatter or broadcast.
+        #[arg(long, default_value = "all_reduce")]
+        op: String,
+        /// Number of ranks (threads).
+        #[arg(long, default_value_t = 4)]
+        ranks: usize,
+        /// Smallest size (bytes; K/M/G suffixes).
+        #[arg(long, default_value = "1K")]
+        min: String,
+        /// Largest size.
+        #[arg(long, default_value = "256M")]
+        max: String,
+        /// Size multiplier between rows.
+        #[arg(long, default_value_t = 4)]
+        factor: usize,
+        /// f32 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Timed iterations per size (at most 5 above 16 MiB).
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// Untimed iterations per size.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
+}
+
+fn bench_comm(what: BenchWhat) -> Result<(), String> {
+    let BenchWhat::Comm {
+        op,
+        ranks,
+        min,
+        max,
+        factor,
+        dtype,
+        iters,
+        warmup,
+    } = what;
+    let op = BenchOp::parse(&op).ok_or(format!("unknown --op {op}"))?;
+    let dtype = match dtype.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        other => return Err(format!("unsupported --dtype {other} (f32 or bf16)")),
+    };
+    let size = |s: &str| ferrotron::bench::parse_size(s).ok_or(format!("bad size {s}"));
+    let cfg = CommBench {
+        op,
+        dtype,
+        min_bytes: size(&min)?,
+        max_bytes: size(&max)?,
+        factor,
+        iters,
+        warmup,
+    };
+    let rows = launch(ranks, BackendKind::Cpu, |ctx| {
+        comm::run_rank(&ctx.device, &ctx.comm, &cfg)
+    })
+    .map_err(|e| e.to_string())?;
+    print!("{}", comm::table(&cfg, ranks, "threads", &rows[0]));
+    let wrong: usize = rows.iter().flatten().map(|r| r.wrong).sum();
+    println!(
+        "# baseline: single-thread memcpy of {} bytes: {:.2} GB/s (same run)",
+        cfg.max_bytes,
+        ferrotron::bench::memcpy_gbps(cfg.max_bytes)
+    );
+    println!(
+        "# out of bounds values : {wrong} {}",
+        if wrong == 0 { "OK" } else { "FAILED" }
+    );
+    if wrong == 0 {
+        Ok(())
+    } else {
+        Err(format!("{wrong} wrong elements"))
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench { what } => match bench_comm(what) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ferrotron bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { backend, seed } => {
             let mut devices = Vec::new();
             let mut notes = Vec::new();
