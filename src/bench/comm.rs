@@ -158,7 +158,7 @@ pub fn run_rank(dev: &Device, comm: &dyn Communicator, cfg: &CommBench) -> Resul
             })
             .count();
         let iters = if bytes_row > 16 << 20 {
-            cfg.iters.min(5).max(2)
+            cfg.iters.clamp(2, 5)
         } else {
             cfg.iters.max(1)
         };
