@@ -516,3 +516,37 @@ fn async_all_reduce_overlaps_compute_and_is_ordered_by_its_event() {
         .unwrap();
     });
 }
+
+#[test]
+fn the_comm_benchmark_checks_its_results() {
+    use ferrotron::bench::comm::{run_rank, BenchOp, CommBench};
+    watchdog(60, "bench", || {
+        for op in [
+            BenchOp::AllReduce,
+            BenchOp::AllGather,
+            BenchOp::ReduceScatter,
+            BenchOp::Broadcast,
+        ] {
+            for dtype in [DType::F32, DType::BF16] {
+                let cfg = CommBench {
+                    op,
+                    dtype,
+                    min_bytes: 1000,
+                    max_bytes: 70_000,
+                    factor: 8,
+                    iters: 2,
+                    warmup: 1,
+                };
+                let rows = launch_with(3, BackendKind::Cpu, short(), |ctx| {
+                    run_rank(&ctx.device, &ctx.comm, &cfg)
+                })
+                .unwrap();
+                assert_eq!(rows[0].len(), 3, "{op:?}");
+                for r in rows.iter().flatten() {
+                    assert_eq!(r.wrong, 0, "{op:?} {dtype} {} bytes", r.bytes);
+                    assert!(r.time_us > 0.0 && r.busbw.is_finite());
+                }
+            }
+        }
+    });
+}
