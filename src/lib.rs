@@ -35,3 +35,8 @@ pub use error::{Error, Result};
 pub use shape::Shape;
 pub use stream::{Event, Stream};
 pub use tensor::Tensor;
+
+/// The README's Rust examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
