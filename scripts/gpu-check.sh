@@ -17,7 +17,7 @@ build)
   cargo build --release --bin ferrotron
   cp target/release/ferrotron .gpu/
   # Test executables: every integration test plus the library's unit tests.
-  cargo test --release --no-run --message-format=json 2>/dev/null \
+  cargo test --release --features nccl --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json,sys
 for l in sys.stdin:
     m=json.loads(l)
@@ -30,6 +30,9 @@ for l in sys.stdin:
 set -uo pipefail
 out="${OUT:-.gpu/out}"; mkdir -p "$out"
 libdirs=$(ldconfig -p | awk '/libcuda\.so|libnccl\.so|libcublasLt\.so|libnvrtc\.so/ {print $NF}' | xargs -r -n1 dirname | sort -u | tr '\n' ':')
+# The PyPI NCCL wheel ships only libnccl.so.2, which cudarc does not look for: link libnccl.so.
+nccl=$(find / -name 'libnccl.so.2' 2>/dev/null | head -n 1)
+if [ -n "$nccl" ]; then linkdir=$(mktemp -d); ln -s "$nccl" "$linkdir/libnccl.so"; libdirs="$linkdir:$libdirs"; export FERROTRON_REQUIRE_NCCL=1; fi
 export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:-}"
 export FERROTRON_REQUIRE_GPU="${FERROTRON_REQUIRE_GPU:-1}"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" > "$out/nvidia-smi.txt"
