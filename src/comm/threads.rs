@@ -134,6 +134,9 @@ type Placement = Option<(Arc<Group>, usize)>;
 
 struct Round {
     arrivals: Vec<Option<Arrival>>,
+    /// Ranks that arrived at some point (an arrival retracted on timeout stays seen, so the
+    /// timeout names the ranks that never came, not those that gave up first).
+    seen: Vec<bool>,
     arrived: usize,
     finished: usize,
     left: usize,
@@ -242,12 +245,14 @@ impl Group {
         {
             let round = st.rounds.entry(seq).or_insert_with(|| Round {
                 arrivals: vec![None; size],
+                seen: vec![false; size],
                 arrived: 0,
                 finished: 0,
                 left: 0,
                 groups: None,
             });
             round.arrivals[me] = Some(arrival);
+            round.seen[me] = true;
             round.arrived += 1;
         }
         self.cv.notify_all();
@@ -255,7 +260,7 @@ impl Group {
             let missing: Vec<usize> = st
                 .rounds
                 .get(&seq)
-                .map(|r| (0..size).filter(|&i| r.arrivals[i].is_none()).collect())
+                .map(|r| (0..size).filter(|&i| !r.seen[i]).collect())
                 .unwrap_or_default();
             format!(
                 "{opname} #{seq} on {}: ranks {missing:?} never arrived",
