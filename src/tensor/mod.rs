@@ -94,10 +94,7 @@ impl Tensor {
         let len = data.len();
         let mem = match device.cuda_state() {
             None => Memory::Host(RwLock::new(data)),
-            Some(cu) => {
-                let home = cu.new_stream()?;
-                Memory::Cuda(cu.upload(&home, data.as_bytes())?)
-            }
+            Some(cu) => Memory::Cuda(cu.upload(data.as_bytes())?),
         };
         Ok(Tensor {
             buf: Arc::new(Buffer {

@@ -52,6 +52,8 @@ pub fn unavailable_reason() -> Option<String> {
 /// One GPU: its primary context and the kernel modules loaded into it.
 pub(crate) struct CudaDevice {
     ctx: Arc<CudaContext>,
+    /// The stream allocations, synchronous uploads and frees are ordered on.
+    home: Arc<CudaStream>,
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
 }
 
@@ -66,8 +68,12 @@ impl CudaDevice {
         // checked mode) and keeps buffers alive until the streams that used them are done (see
         // `CudaMem`'s Drop), which is what disabling cudarc's own tracking requires.
         unsafe { ctx.disable_event_tracking() };
+        let home = ctx
+            .new_stream()
+            .map_err(|e| driver_error("cuStreamCreate", e))?;
         Ok(CudaDevice {
             ctx,
+            home,
             modules: Mutex::new(HashMap::new()),
         })
     }
@@ -103,8 +109,10 @@ impl CudaDevice {
             .map_err(|e| driver_error(&format!("cuModuleGetFunction({function})"), e))
     }
 
-    /// Allocates `bytes` on `home` and fills them with `fill` (a byte value), synchronously.
-    pub fn alloc(&self, home: &Arc<CudaStream>, bytes: usize, fill: u8) -> Result<CudaMem> {
+    /// Allocates `bytes` on the home stream and fills them with `fill` (a byte value),
+    /// synchronously.
+    pub fn alloc(&self, bytes: usize, fill: u8) -> Result<CudaMem> {
+        let home = &self.home;
         let bytes = bytes.max(1);
         let mut slice = home
             .alloc_zeros::<u8>(bytes)
@@ -124,8 +132,9 @@ impl CudaDevice {
     }
 
     /// Allocates and uploads `data`, synchronously (the buffer is ready for every stream).
-    pub fn upload(&self, home: &Arc<CudaStream>, data: &[u8]) -> Result<CudaMem> {
-        let mut mem = self.alloc(home, data.len(), 0)?;
+    pub fn upload(&self, data: &[u8]) -> Result<CudaMem> {
+        let home = &self.home;
+        let mut mem = self.alloc(data.len(), 0)?;
         if !data.is_empty() {
             let slice = mem.slice.as_mut().expect("live until drop");
             home.memcpy_htod(data, &mut slice.slice_mut(..data.len()))
