@@ -9,7 +9,7 @@
 //! `--bench` instead times all-reduce and all-gather of 1, 16 and 64 MiB (f32) and prints
 //! nccl-tests-style bandwidths, next to `MPI_Allreduce` / `MPI_Allgather` for reference.
 
-use ferrotron::comm::mpi::{self as fmpi, MpiComm, MpiWorld};
+use ferrotron::comm::mpi::{self as fmpi, MpiComm, MpiRankCtx, MpiWorld};
 use ferrotron::comm::{CommConfig, Communicator, ReduceOp};
 use ferrotron::{DType, Device, Error, Result, Stream, Tensor};
 use half::bf16;
@@ -230,7 +230,11 @@ fn collectives(cx: &Ctx, ck: &mut Checks) {
     let mut roots = vec![p - 1, p / 2, 0];
     roots.dedup();
     for root in roots {
-        for (n, dtype) in [(33usize, DType::BF16), (100_003, DType::F32), (2, DType::F32)] {
+        for (n, dtype) in [
+            (33usize, DType::BF16),
+            (100_003, DType::F32),
+            (2, DType::F32),
+        ] {
             ck.run(format!("broadcast root={root} n={n} {dtype}"), || {
                 let want = to_dtype(&data(root, n, 6), dtype);
                 let s = cx.stream()?;
@@ -275,7 +279,9 @@ fn collectives(cx: &Ctx, ck: &mut Checks) {
         let (a, b) = (cx.stream()?, cx.stream()?);
         let n = 3001;
         let inputs: Vec<Vec<f64>> = (0..p).map(|r| data(r, n, 8)).collect();
-        let blocks: Vec<Vec<f64>> = (0..p).map(|r| to_dtype(&data(r, 5, 9), DType::F32)).collect();
+        let blocks: Vec<Vec<f64>> = (0..p)
+            .map(|r| to_dtype(&data(r, 5, 9), DType::F32))
+            .collect();
         let mut t = cx.tensor(&inputs[me], DType::F32)?;
         let x = cx.tensor(&blocks[me], DType::F32)?;
         let mut g = cx.poisoned(5 * p, DType::F32)?;
@@ -298,24 +304,27 @@ fn collectives(cx: &Ctx, ck: &mut Checks) {
             &serial_reduce(&bf_in, ReduceOp::Max, DType::BF16),
         )
     });
-    ck.run("all_reduce bitwise identical over 5 runs with perturbed timing", || {
-        let n = 10_007;
-        let mut first: Option<Vec<f64>> = None;
-        for run in 0..5u64 {
-            std::thread::sleep(Duration::from_millis((run * 7 + me as u64 * 13) % 5));
-            let s = cx.stream()?;
-            let mut t = cx.tensor(&data(me, n, 10), DType::F32)?;
-            err(comm
-                .all_reduce(&s, &mut t, ReduceOp::Sum)
-                .and_then(|w| w.wait()))?;
-            let g = err(t.to_f64_vec(&s))?;
-            match &first {
-                None => first = Some(g),
-                Some(f) => same(&g, f).map_err(|e| format!("run {run}: {e}"))?,
+    ck.run(
+        "all_reduce bitwise identical over 5 runs with perturbed timing",
+        || {
+            let n = 10_007;
+            let mut first: Option<Vec<f64>> = None;
+            for run in 0..5u64 {
+                std::thread::sleep(Duration::from_millis((run * 7 + me as u64 * 13) % 5));
+                let s = cx.stream()?;
+                let mut t = cx.tensor(&data(me, n, 10), DType::F32)?;
+                err(comm
+                    .all_reduce(&s, &mut t, ReduceOp::Sum)
+                    .and_then(|w| w.wait()))?;
+                let g = err(t.to_f64_vec(&s))?;
+                match &first {
+                    None => first = Some(g),
+                    Some(f) => same(&g, f).map_err(|e| format!("run {run}: {e}"))?,
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     ck.run("split into two sub-communicators", || split_check(cx));
 }
 
@@ -325,16 +334,26 @@ fn split_check(cx: &Ctx) -> Outcome {
     let opt_out = p >= 4 && me == p - 1;
     let color = (!opt_out).then_some((me % 2) as u32);
     let sub = err(cx.comm.split(color, 100 - me))?;
-    let Some(sub) = sub else {
-        return if opt_out {
-            Ok(())
-        } else {
-            Err("split returned None for a rank with a color".into())
-        };
-    };
-    if opt_out {
-        return Err("split returned a communicator for a rank that opted out".into());
+    let s = cx.stream()?;
+    if let Some(sub) = &sub {
+        if opt_out {
+            return Err("split returned a communicator for a rank that opted out".into());
+        }
+        sub_check(cx, &**sub)?;
+    } else if !opt_out {
+        return Err("split returned None for a rank with a color".into());
     }
+    // The parent still works after the split (every rank, the one that opted out included).
+    let mut t = cx.tensor(&[1.0], DType::F32)?;
+    err(cx
+        .comm
+        .all_reduce(&s, &mut t, ReduceOp::Sum)
+        .and_then(|w| w.wait()))?;
+    same(&err(t.to_f64_vec(&s))?, &[p as f64])
+}
+
+fn sub_check(cx: &Ctx, sub: &dyn Communicator) -> Outcome {
+    let (p, me) = (cx.size, cx.rank);
     let mut members: Vec<usize> = (0..p)
         .filter(|&r| r % 2 == me % 2 && !(p >= 4 && r == p - 1))
         .collect();
@@ -359,14 +378,7 @@ fn split_check(cx: &Ctx) -> Outcome {
     let mut g = cx.poisoned(members.len(), DType::F32)?;
     err(sub.all_gather(&s, &x, &mut g).and_then(|w| w.wait()))?;
     let want: Vec<f64> = members.iter().map(|&r| r as f64).collect();
-    same(&err(g.to_f64_vec(&s))?, &want)?;
-    // The parent still works after the split.
-    let mut t = cx.tensor(&[1.0], DType::F32)?;
-    err(cx
-        .comm
-        .all_reduce(&s, &mut t, ReduceOp::Sum)
-        .and_then(|w| w.wait()))?;
-    same(&err(t.to_f64_vec(&s))?, &[p as f64])
+    same(&err(g.to_f64_vec(&s))?, &want)
 }
 
 fn expect_mismatch(
@@ -427,7 +439,9 @@ fn failure_checks(cx: &Ctx, ck: &mut Checks) {
         let r = comm
             .all_reduce(&s, &mut t, ReduceOp::Sum)
             .and_then(|w| w.wait());
-        expect_mismatch(r, 1, |a, _, b, _| a.contains("count=8") && b.contains("count=9"))?;
+        expect_mismatch(r, 1, |a, _, b, _| {
+            a.contains("count=8") && b.contains("count=9")
+        })?;
         // Explicit counts that disagree are named in full.
         let s = cx.stream()?;
         let mut counts = vec![2usize; p];
@@ -462,81 +476,115 @@ fn failure_checks(cx: &Ctx, ck: &mut Checks) {
         }
         Ok(())
     });
-    ck.run("send/recv size and dtype mismatch: an error on both sides", || {
-        if p == 1 || me > 1 {
-            return Ok(());
-        }
-        let comm = &cx.comm;
-        for (sent, want) in [
-            ((8usize, DType::F32), (9usize, DType::F32)),
-            ((8, DType::F32), (8, DType::BF16)),
-        ] {
-            let s = cx.stream()?;
-            let r = if me == 0 {
-                let x = err(Tensor::zeros(&cx.dev, [sent.0], sent.1))?;
-                comm.send(&s, &x, 1, 3).and_then(|w| w.wait())
-            } else {
-                let mut y = err(Tensor::zeros(&cx.dev, [want.0], want.1))?;
-                comm.recv(&s, &mut y, 0, 3).and_then(|w| w.wait())
-            };
-            match r {
-                Err(Error::CollectiveMismatch {
-                    call_a, call_b, ..
-                }) if call_a.starts_with("send to rank 1 (tag 3)")
-                    && call_b.starts_with("recv from rank 0 (tag 3)") => {}
-                other => return Err(format!("{sent:?} vs {want:?}: got {other:?}")),
+    ck.run(
+        "send/recv size and dtype mismatch: an error on both sides",
+        || {
+            if p == 1 || me > 1 {
+                return Ok(());
             }
-        }
-        // The channel still works.
-        let s = cx.stream()?;
-        let v = to_dtype(&data(0, 8, 11), DType::F32);
-        if me == 0 {
-            let x = cx.tensor(&v, DType::F32)?;
-            err(comm.send(&s, &x, 1, 3).and_then(|w| w.wait()))
-        } else {
-            let mut y = cx.poisoned(8, DType::F32)?;
-            err(comm.recv(&s, &mut y, 0, 3).and_then(|w| w.wait()))?;
-            same(&err(y.to_f64_vec(&s))?, &v)
-        }
-    });
-    ck.run("bad arguments are rejected before anything is enqueued", || {
-        let comm = &cx.comm;
-        let s = cx.stream()?;
-        let x = err(Tensor::zeros(&cx.dev, [4], DType::F32))?;
-        let bad = |what: &str, ok: bool| if ok { Ok(()) } else { Err(what.to_string()) };
-        bad(
-            "send to rank p",
-            matches!(comm.send(&s, &x, p, 0), Err(Error::InvalidRank { .. })),
-        )?;
-        bad(
-            "send to self",
-            matches!(comm.send(&s, &x, me, 0), Err(Error::InvalidArgument { .. })),
-        )?;
-        let i = err(Tensor::zeros(&cx.dev, [4], DType::I32))?;
-        let mut o = err(Tensor::zeros(&cx.dev, [4 * p], DType::I32))?;
-        bad(
-            "i32 all_gather",
-            matches!(
-                comm.all_gather(&s, &i, &mut o),
-                Err(Error::UnsupportedDType { .. })
-            ),
-        )?;
-        let mut small = err(Tensor::zeros(&cx.dev, [4 * p + 1], DType::F32))?;
-        bad(
-            "all_gather output size",
-            matches!(
-                comm.all_gather(&s, &x, &mut small),
-                Err(Error::ShapeMismatch { .. })
-            ),
-        )?;
-        bad(
-            "broadcast root p",
-            matches!(
-                comm.broadcast(&s, &mut small, p),
-                Err(Error::InvalidRank { .. })
-            ),
-        )
-    });
+            let comm = &cx.comm;
+            for (sent, want) in [
+                ((8usize, DType::F32), (9usize, DType::F32)),
+                ((8, DType::F32), (8, DType::BF16)),
+            ] {
+                let s = cx.stream()?;
+                let r = if me == 0 {
+                    let x = err(Tensor::zeros(&cx.dev, [sent.0], sent.1))?;
+                    comm.send(&s, &x, 1, 3).and_then(|w| w.wait())
+                } else {
+                    let mut y = err(Tensor::zeros(&cx.dev, [want.0], want.1))?;
+                    comm.recv(&s, &mut y, 0, 3).and_then(|w| w.wait())
+                };
+                match r {
+                    Err(Error::CollectiveMismatch { call_a, call_b, .. })
+                        if call_a.starts_with("send to rank 1 (tag 3)")
+                            && call_b.starts_with("recv from rank 0 (tag 3)") => {}
+                    other => return Err(format!("{sent:?} vs {want:?}: got {other:?}")),
+                }
+            }
+            // The channel still works.
+            let s = cx.stream()?;
+            let v = to_dtype(&data(0, 8, 11), DType::F32);
+            if me == 0 {
+                let x = cx.tensor(&v, DType::F32)?;
+                err(comm.send(&s, &x, 1, 3).and_then(|w| w.wait()))
+            } else {
+                let mut y = cx.poisoned(8, DType::F32)?;
+                err(comm.recv(&s, &mut y, 0, 3).and_then(|w| w.wait()))?;
+                same(&err(y.to_f64_vec(&s))?, &v)
+            }
+        },
+    );
+    ck.run(
+        "a collective rejected when enqueued (unordered access) leaves the communicator usable",
+        || {
+            if !cx.dev.is_checked() {
+                return Ok(()); // Only checked mode rejects an unordered access.
+            }
+            let comm = &cx.comm;
+            let (a, b) = (cx.stream()?, cx.stream()?);
+            let mut t = cx.tensor(&[1.0; 4], DType::F32)?;
+            let first = err(comm.all_reduce(&a, &mut t, ReduceOp::Sum))?;
+            // `t` is still being written on stream a: on stream b this is a race.
+            match comm.all_reduce(&b, &mut t, ReduceOp::Sum) {
+                Err(Error::UnsynchronizedAccess { .. }) => {}
+                other => {
+                    return Err(format!(
+                        "expected UnsynchronizedAccess, got {:?}",
+                        other.err()
+                    ))
+                }
+            }
+            err(first.wait())?;
+            err(b.wait(first.event()))?;
+            err(comm
+                .all_reduce(&b, &mut t, ReduceOp::Sum)
+                .and_then(|w| w.wait()))?;
+            let pp = (p * p) as f64;
+            same(&err(t.to_f64_vec(&b))?, &[pp; 4])
+        },
+    );
+    ck.run(
+        "bad arguments are rejected before anything is enqueued",
+        || {
+            let comm = &cx.comm;
+            let s = cx.stream()?;
+            let x = err(Tensor::zeros(&cx.dev, [4], DType::F32))?;
+            let bad = |what: &str, ok: bool| if ok { Ok(()) } else { Err(what.to_string()) };
+            bad(
+                "send to rank p",
+                matches!(comm.send(&s, &x, p, 0), Err(Error::InvalidRank { .. })),
+            )?;
+            bad(
+                "send to self",
+                matches!(comm.send(&s, &x, me, 0), Err(Error::InvalidArgument { .. })),
+            )?;
+            let i = err(Tensor::zeros(&cx.dev, [4], DType::I32))?;
+            let mut o = err(Tensor::zeros(&cx.dev, [4 * p], DType::I32))?;
+            bad(
+                "i32 all_gather",
+                matches!(
+                    comm.all_gather(&s, &i, &mut o),
+                    Err(Error::UnsupportedDType { .. })
+                ),
+            )?;
+            let mut small = err(Tensor::zeros(&cx.dev, [4 * p + 1], DType::F32))?;
+            bad(
+                "all_gather output size",
+                matches!(
+                    comm.all_gather(&s, &x, &mut small),
+                    Err(Error::ShapeMismatch { .. })
+                ),
+            )?;
+            bad(
+                "broadcast root p",
+                matches!(
+                    comm.broadcast(&s, &mut small, p),
+                    Err(Error::InvalidRank { .. })
+                ),
+            )
+        },
+    );
     let last = p - 1;
     ck.run(
         format!("a rank that skips a collective is named by the timeout ([{last}])"),
@@ -566,7 +614,9 @@ fn failure_checks(cx: &Ctx, ck: &mut Checks) {
                         other => Err(format!("after the timeout, barrier gave {other:?}")),
                     }
                 }
-                other => Err(format!("expected a timeout naming rank {last}, got {other:?}")),
+                other => Err(format!(
+                    "expected a timeout naming rank {last}, got {other:?}"
+                )),
             }
         },
     );
@@ -630,12 +680,13 @@ fn peer_failure_check(cx: &Ctx) -> Outcome {
     }
 }
 
-fn checks(world: &MpiWorld) -> Result<bool> {
-    let (rank, size) = (world.rank(), world.size());
-    let dev = Device::cpu();
+fn checks(ctx: MpiRankCtx) -> Result<bool> {
+    let world = ctx.world;
+    let (rank, size) = (ctx.rank, ctx.world_size);
+    let dev = ctx.device.clone();
     let cx = Ctx {
         world,
-        comm: world.comm(config(20.0))?,
+        comm: ctx.comm,
         dev: dev.clone(),
         rank,
         size,
@@ -686,12 +737,12 @@ fn checks(world: &MpiWorld) -> Result<bool> {
     Ok(global.iter().all(|b| !b) && peer.is_ok())
 }
 
-fn bench(world: &MpiWorld, iters: usize) -> Result<()> {
+fn bench(ctx: MpiRankCtx, iters: usize) -> Result<()> {
     use mpi::ffi;
     use std::os::raw::c_void;
-    let (rank, p) = (world.rank(), world.size());
-    let dev = Device::cpu();
-    let comm = world.comm(config(120.0))?;
+    let (rank, p) = (ctx.rank, ctx.world_size);
+    let dev = ctx.device.clone();
+    let comm = ctx.comm;
     let s = dev.new_stream()?;
     // Times `f` (`iters` runs after one warm-up, between barriers); the slowest rank's mean.
     let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
@@ -731,6 +782,27 @@ fn bench(world: &MpiWorld, iters: usize) -> Result<()> {
     };
     let ar = 2.0 * (p as f64 - 1.0) / p as f64;
     let ag = (p as f64 - 1.0) / p as f64;
+    let secs = time(&mut || comm.barrier(&s)?.wait())?;
+    let small = {
+        let mut t = Tensor::zeros(&dev, [1024], DType::F32)?;
+        time(&mut || comm.all_reduce(&s, &mut t, ReduceOp::Sum)?.wait())?
+    };
+    let mpi_barrier = time(&mut || {
+        // SAFETY: MPI_COMM_WORLD is live; blocking call.
+        let rc = unsafe { ffi::MPI_Barrier(ffi::RSMPI_COMM_WORLD) };
+        if rc != 0 {
+            return Err(Error::invalid("MPI_Barrier", "rc", rc.to_string()));
+        }
+        Ok(())
+    })?;
+    if rank == 0 {
+        println!(
+            "latency: ferrotron barrier {:.1} us, all_reduce of 4 KiB {:.1} us; MPI_Barrier {:.1} us",
+            secs * 1e6,
+            small * 1e6,
+            mpi_barrier * 1e6
+        );
+    }
     for mib in [1usize, 16, 64] {
         let bytes = mib << 20;
         let n = bytes / 4;
@@ -800,25 +872,21 @@ fn main() -> ExitCode {
         println!("usage: mpirun -np N ferrotron-mpi-check [--bench [--iters K]]");
         return ExitCode::SUCCESS;
     }
-    let world = match fmpi::init() {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("ferrotron-mpi-check: {e}");
-            return ExitCode::from(2);
+    // One process per rank: `launch` initialises MPI, runs the closure and finalises; if the
+    // closure fails it tells the other ranks, whose waits then end at once.
+    let timeout = if bench_mode { 120.0 } else { 20.0 };
+    let out = fmpi::launch(config(timeout), |ctx| {
+        if bench_mode {
+            bench(ctx, iters).map(|()| true)
+        } else {
+            checks(ctx)
         }
-    };
-    let rank = world.rank();
-    let out = if bench_mode {
-        bench(&world, iters).map(|()| true)
-    } else {
-        checks(&world)
-    };
-    drop(world);
+    });
     match out {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("rank {rank}: ferrotron-mpi-check failed: {e}");
+            eprintln!("ferrotron-mpi-check: {e}");
             ExitCode::FAILURE
         }
     }

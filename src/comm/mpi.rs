@@ -18,7 +18,7 @@
 //! # Determinism
 //! MPI's own reductions sum in an implementation-defined order, so none is used: a reduction
 //! moves blocks with point-to-point messages (reduce-scatter: rank `r` receives block `r` of
-//! every rank's input) and reduces them locally with [`reduce::reduce_to`], in rank order with f32
+//! every rank's input) and reduces them locally with the shared `reduce_to`, in rank order with f32
 //! accumulation and one rounding for bf16: bitwise the thread backend's result. All-reduce is that
 //! reduce-scatter followed by an all-gather of the reduced blocks; broadcast is a scatter from the
 //! root followed by an all-gather. bf16 travels as its 16-bit words.
@@ -36,10 +36,14 @@
 //! other process, and their waits end with [`Error::PeerFailed`].
 //!
 //! # Safety of abandoned requests
-//! MPI reads and writes only staging buffers owned by the communicator, never a tensor, so a
-//! wait that gives up (timeout, failed peer) can return and unlock its tensors: the staging
-//! buffers of a communicator in that state are leaked instead of reused, and the communicator is
-//! unusable from then on (every later call fails at once, naming the first failure).
+//! MPI sends only out of staging buffers owned by the communicator, never out of a tensor, and
+//! receives into a tensor only where the received data is final (all-gather, the all-gather half
+//! of all-reduce, the data of a receive). A wait that gives up (timeout, failed peer) cancels
+//! its receives into tensors and waits for them to end before it returns and unlocks the
+//! tensors (if one can be neither cancelled nor finished within 10 s, the job is aborted rather
+//! than risking a late write); everything else it abandons stays in staging, which a
+//! communicator in that state leaks instead of reusing. The communicator is unusable from then
+//! on (every later call fails at once, naming the first failure).
 //!
 //! # Not available over MPI
 //! Deadlocks of point-to-point calls across processes are reported by the timeout, not as
@@ -54,6 +58,7 @@ use crate::stream::Stream;
 use crate::tensor::Tensor;
 use mpi::environment::{Threading, Universe};
 use mpi::ffi;
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::mem::MaybeUninit;
 use std::os::raw::{c_int, c_void};
@@ -264,6 +269,15 @@ enum Stall {
     Timeout,
     Peer(usize, String),
     Mpi(c_int),
+    Finalizing,
+}
+
+fn finalizing_error(what: &str) -> Error {
+    Error::AsyncFailure {
+        stream: "mpi".into(),
+        op: what.to_string(),
+        message: "MPI is being finalised (the MpiWorld was dropped) while this call waited".into(),
+    }
 }
 
 /// Tests `reqs` until all are complete (null), the deadline passes or a peer announces failure.
@@ -311,6 +325,9 @@ fn poll(reqs: &mut [ffi::MPI_Request], deadline: Instant) -> std::result::Result
             if let Some((rank, why)) = peer_failure() {
                 return Err(Stall::Peer(rank, why));
             }
+            if FINALIZING.load(Ordering::SeqCst) {
+                return Err(Stall::Finalizing);
+            }
             next_fail_check = now + FAIL_POLL;
         }
         if now.duration_since(last) < SPIN {
@@ -352,6 +369,7 @@ fn idup(src: Handle, k: usize, timeout: Duration, what: &str) -> Result<Vec<Hand
                     waiting_in: what.to_string(),
                 },
                 Stall::Mpi(rc) => mpi_error("MPI_Comm_idup", rc),
+                Stall::Finalizing => finalizing_error(what),
             })
         }
     }
@@ -514,7 +532,7 @@ impl Drop for MpiWorld {
 }
 
 /// What a process's closure gets from [`launch`]: the MPI twin of [`crate::comm::RankCtx`].
-pub struct MpiRankCtx {
+pub struct MpiRankCtx<'w> {
     /// This process's rank.
     pub rank: usize,
     /// The number of processes.
@@ -523,13 +541,15 @@ pub struct MpiRankCtx {
     pub device: Device,
     /// The communicator over all processes.
     pub comm: MpiComm,
+    /// MPI itself: more world communicators ([`MpiWorld::comm`]), failure notices.
+    pub world: &'w MpiWorld,
 }
 
 /// Runs `f` once in this process as one rank of `mpirun -np N`: initialises MPI, builds the
 /// world communicator, runs `f`, and finalises MPI. If `f` fails (returns an error that is not
 /// itself [`Error::PeerFailed`], or panics) the other processes are told, so their waits end
 /// with [`Error::PeerFailed`]; the error comes back as [`Error::RankFailed`] naming this rank.
-pub fn launch<T>(config: CommConfig, f: impl FnOnce(MpiRankCtx) -> Result<T>) -> Result<T> {
+pub fn launch<T>(config: CommConfig, f: impl FnOnce(MpiRankCtx<'_>) -> Result<T>) -> Result<T> {
     let world = init()?;
     let rank = world.rank();
     let comm = world.comm(config)?;
@@ -538,6 +558,7 @@ pub fn launch<T>(config: CommConfig, f: impl FnOnce(MpiRankCtx) -> Result<T>) ->
         world_size: world.size(),
         device: Device::cpu(),
         comm,
+        world: &world,
     };
     let out = match catch_unwind(AssertUnwindSafe(|| f(ctx))) {
         Ok(r) => r,
@@ -721,6 +742,59 @@ struct Xfer {
     ptr: *mut u8,
     bytes: usize,
     recv: bool,
+    /// A receive straight into a (locked) tensor rather than into staging.
+    user: bool,
+}
+
+impl Xfer {
+    /// This receive lands in a tensor: [`Inner::exchange`] does not return while it may still
+    /// write there.
+    fn into_tensor(self) -> Xfer {
+        debug_assert!(self.recv, "sends always go out of staging");
+        Xfer { user: true, ..self }
+    }
+}
+
+/// How long a wait that gave up waits for receives into tensors to be cancelled or to finish.
+const RECLAIM: Duration = Duration::from_secs(10);
+
+/// Cancels the pending receives into tensors among `reqs` and waits for them to end (an
+/// unmatched receive is cancelled at once; a matched one is finishing). If one does not end
+/// within [`RECLAIM`], MPI could write into a tensor after it is released: the job is aborted
+/// rather than risking silent corruption.
+fn reclaim(reqs: &mut [ffi::MPI_Request], owner: &[usize], xfers: &[Xfer]) {
+    let user = |i: usize| xfers[owner[i]].user;
+    for (i, r) in reqs.iter_mut().enumerate() {
+        if *r != request_null() && user(i) {
+            // SAFETY: `r` is a live receive request of this exchange.
+            unsafe { ffi::MPI_Cancel(r) };
+        }
+    }
+    let deadline = Instant::now() + RECLAIM;
+    loop {
+        let mut pending = false;
+        for (i, r) in reqs.iter_mut().enumerate() {
+            if *r != request_null() && user(i) {
+                let mut flag: c_int = 0;
+                // SAFETY: `r` is a live (cancelled) request; the status is ignored.
+                unsafe { ffi::MPI_Test(r, &mut flag, ffi::RSMPI_STATUS_IGNORE) };
+                pending |= flag == 0;
+            }
+        }
+        if !pending {
+            return;
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "ferrotron mpi: a receive into a tensor could be neither cancelled nor finished \
+                 within {RECLAIM:?}; aborting the job rather than risk corrupting memory"
+            );
+            // SAFETY: plain library call on the world communicator; it does not return.
+            unsafe { ffi::MPI_Abort(ffi::RSMPI_COMM_WORLD, 70) };
+            std::process::abort();
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 /// A staging buffer (8-byte aligned) from the communicator's pool. Returned to the pool when
@@ -913,6 +987,9 @@ impl Inner {
             if next == n {
                 return Ok(());
             }
+            if FINALIZING.load(Ordering::SeqCst) {
+                return Err(finalizing_error(what));
+            }
             let now = Instant::now();
             if now >= deadline {
                 let e = Error::Timeout {
@@ -927,9 +1004,37 @@ impl Inner {
             }
             t = self
                 .turn_cv
-                .wait_timeout(t, deadline - now)
+                .wait_timeout(t, (deadline - now).min(Duration::from_millis(100)))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+        }
+    }
+
+    /// Call `n` of `key` was rejected before it was enqueued: give its number back, so peers and
+    /// this rank stay in step; if a later call was numbered meanwhile, that is impossible.
+    fn rollback(&self, key: TurnKey, n: u64, op: &str) {
+        let undone = match key {
+            TurnKey::Coll => self
+                .seq
+                .compare_exchange(n + 1, n, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok(),
+            TurnKey::P2p { .. } => {
+                let mut m = self.p2p_count.lock().unwrap_or_else(|p| p.into_inner());
+                match m.get_mut(&key) {
+                    Some(c) if *c == n + 1 => {
+                        *c = n;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if !undone {
+            self.break_with(format!(
+                "{op} #{n} was rejected after a later call had been numbered (calls from \
+                 several host threads?)"
+            ));
+            self.finish_turn(key, n);
         }
     }
 
@@ -966,8 +1071,10 @@ impl Inner {
                     let mut req = request_null();
                     // SAFETY: `x.ptr` points to `x.bytes` bytes of a staging buffer that outlives
                     // the request (returned to the pool only after completion, leaked if the
-                    // communicator breaks); receive ranges are disjoint from every other range
-                    // of the exchange; the communicator is live.
+                    // communicator breaks), or of a tensor locked by this call, which this
+                    // function does not leave while a receive into it may be pending (see
+                    // `reclaim`); receive ranges are disjoint from every other range of the
+                    // exchange; the communicator is live.
                     let rc = unsafe {
                         if x.recv {
                             ffi::MPI_Irecv(
@@ -994,6 +1101,7 @@ impl Inner {
                     if rc != 0 {
                         let e = mpi_error(if x.recv { "MPI_Irecv" } else { "MPI_Isend" }, rc);
                         self.break_with(e.to_string());
+                        reclaim(&mut reqs, &owner, xfers);
                         return Err(e);
                     }
                     reqs.push(req);
@@ -1029,10 +1137,12 @@ impl Inner {
                 waiting_in: what.clone(),
             },
             Stall::Mpi(rc) => mpi_error("MPI_Testsome", rc),
+            Stall::Finalizing => finalizing_error(&what),
         };
         self.break_with(format!("{what}: {e}"));
-        // The pending requests are abandoned (not freed): their buffers are leaked with the
+        // Other pending requests are abandoned (not freed): their buffers are leaked with the
         // communicator's staging.
+        reclaim(&mut reqs, &owner, xfers);
         Err(e)
     }
 
@@ -1044,6 +1154,7 @@ impl Inner {
             ptr,
             bytes,
             recv,
+            user: false,
         }
     }
 
@@ -1068,6 +1179,7 @@ impl Inner {
                 ptr: rbuf.at(q * rb),
                 bytes: rb,
                 recv: true,
+                user: false,
             });
             xfers.push(Xfer {
                 comm: self.coll,
@@ -1076,6 +1188,7 @@ impl Inner {
                 ptr: sbuf.ptr,
                 bytes: rb,
                 recv: false,
+                user: false,
             });
         }
         let op = sig.op.name();
@@ -1143,6 +1256,7 @@ impl Inner {
                 ptr: buf.at(offs[q] * 8),
                 bytes: lens[q] * 8,
                 recv: true,
+                user: false,
             });
             xfers.push(Xfer {
                 comm: self.coll,
@@ -1151,6 +1265,7 @@ impl Inner {
                 ptr: buf.at(offs[me] * 8),
                 bytes: lens[me] * 8,
                 recv: false,
+                user: false,
             });
         }
         self.exchange(&xfers, &|missing, _| {
@@ -1195,8 +1310,9 @@ impl Drop for Inner {
 }
 
 /// A call's place in its order; finishing (or dropping) it lets the next call run. Dropped
-/// without having run, the call was skipped on this rank (its stream had failed, or it was
-/// rejected before it was enqueued), so peers will wait for it in vain: the communicator breaks.
+/// without having run on its stream, the call was skipped on this rank (its stream had failed),
+/// so peers will wait for it in vain: the communicator breaks. (Dropped while being enqueued, it
+/// was rejected, and its number is given back: see [`enqueue_ticketed`].)
 struct Ticket {
     inner: Arc<Inner>,
     key: TurnKey,
@@ -1222,17 +1338,52 @@ impl Ticket {
     }
 }
 
+thread_local! {
+    /// (inside `enqueue_ticketed` on this thread, a ticket was dropped unrun meanwhile)
+    static ENQUEUING: Cell<(bool, bool)> = const { Cell::new((false, false)) };
+}
+
+/// Runs `enqueue` (which takes call `n`'s ticket); if the call was rejected before reaching its
+/// stream (the ticket came back unrun on this thread), gives its number back.
+fn enqueue_ticketed(
+    inner: &Inner,
+    key: TurnKey,
+    n: u64,
+    op: &str,
+    enqueue: impl FnOnce() -> Result<Work>,
+) -> Result<Work> {
+    ENQUEUING.with(|c| c.set((true, false)));
+    let out = enqueue();
+    let (_, rejected) = ENQUEUING.with(|c| c.replace((false, false)));
+    if rejected {
+        inner.rollback(key, n, op);
+    }
+    out
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.ran {
+            if ENQUEUING.with(|c| c.get().0) {
+                // Rejected by the enqueue path on the caller's thread: `enqueue_ticketed` gives
+                // the number back; nothing else happened.
+                ENQUEUING.with(|c| c.set((true, true)));
+                return;
+            }
             self.inner.break_with(format!(
-                "{} #{} was skipped on this rank (its stream had failed, or it was rejected \
-                 before it was enqueued)",
+                "{} #{} was skipped on this rank (an earlier operation on its stream failed)",
                 self.op, self.n
             ));
         }
         self.inner.finish_turn(self.key, self.n);
     }
+}
+
+/// Where element `off` of `raw` starts.
+fn elem_ptr(raw: Raw, off: usize) -> *mut u8 {
+    assert!(off <= raw.len, "offset {off} beyond {} elements", raw.len);
+    // SAFETY: `off` is within the buffer (checked), whose elements are `dtype`-sized.
+    unsafe { raw.ptr.add(off * raw.dtype.size_in_bytes()) }
 }
 
 /// Splits `0..n` into `size` contiguous blocks, as evenly as possible.
@@ -1289,15 +1440,17 @@ impl MpiComm {
         let seq = self.inner.seq.fetch_add(1, Ordering::SeqCst);
         let mut ticket = Ticket::new(&self.inner, TurnKey::Coll, seq, op);
         let label = stream.label().to_string();
-        host::enqueue(stream, op, reads, writes, move |r, w| {
-            let inner = ticket.inner.clone();
-            let _alive = alive(op)?;
-            inner.check_usable(op, &label)?;
-            ticket.wait(&format!("{op} #{seq} on {}", inner.name))?;
-            inner.agree(seq, &sig)?;
-            let out = body(&inner, r, w, seq);
-            drop(ticket);
-            out
+        enqueue_ticketed(&self.inner, TurnKey::Coll, seq, op, || {
+            host::enqueue(stream, op, reads, writes, move |r, w| {
+                let inner = ticket.inner.clone();
+                let _alive = alive(op)?;
+                inner.check_usable(op, &label)?;
+                ticket.wait(&format!("{op} #{seq} on {}", inner.name))?;
+                inner.agree(seq, &sig)?;
+                let out = body(&inner, r, w, seq);
+                drop(ticket);
+                out
+            })
         })
     }
 
@@ -1377,19 +1530,21 @@ impl MpiComm {
             move |inner, r, w, seq| {
                 let (p, me, es) = (inner.size, inner.rank, dtype.size_in_bytes());
                 let offs = host::offsets(&counts);
-                let total: usize = counts.iter().sum();
-                let st = inner.scratch(total * es);
-                let raw = st.raw(dtype, total);
-                // SAFETY: the input is locked for reading; the staging buffer is this call's.
-                unsafe { reduce::copy(r[0], 0, raw, offs[me], counts[me]) };
+                let st = inner.scratch(counts[me] * es);
+                // SAFETY: the input is locked for reading, the output for writing; the staging
+                // buffer is this call's.
+                unsafe {
+                    reduce::copy(r[0], 0, st.raw(dtype, counts[me]), 0, counts[me]);
+                    reduce::copy(r[0], 0, w[0], offs[me], counts[me]);
+                }
+                // Blocks of other ranks land straight in the output.
                 let mut xfers = Vec::new();
                 for q in (0..p).filter(|&q| q != me) {
-                    xfers.push(inner.data(q, st.at(offs[me] * es), counts[me] * es, false));
-                    xfers.push(inner.data(q, st.at(offs[q] * es), counts[q] * es, true));
+                    xfers.push(inner.data(q, st.ptr, counts[me] * es, false));
+                    let dst = elem_ptr(w[0], offs[q]);
+                    xfers.push(inner.data(q, dst, counts[q] * es, true).into_tensor());
                 }
                 inner.exchange(&xfers, &inner.data_what(OP, seq))?;
-                // SAFETY: the exchange completed; the output is locked for writing.
-                unsafe { reduce::copy(raw, 0, w[0], 0, total) };
                 Ok(())
             },
         )
@@ -1499,8 +1654,13 @@ impl Communicator for MpiComm {
                 let rs = inner.scratch((p - 1) * cm * es);
                 let raw = st.raw(dtype, n);
                 let slot = |q: usize| if q < me { q } else { q - 1 };
+                // Stage the blocks that go to other ranks (this rank's own block is reduced from
+                // the buffer itself).
                 // SAFETY: the buffer is locked for writing by this call; the staging is this call's.
-                unsafe { reduce::copy(w[0], 0, raw, 0, n) };
+                unsafe {
+                    reduce::copy(w[0], 0, raw, 0, lo);
+                    reduce::copy(w[0], hi, raw, hi, n - hi);
+                }
                 // Reduce-scatter: block q of every rank's buffer goes to rank q.
                 let mut xfers = Vec::new();
                 for q in (0..p).filter(|&q| q != me) {
@@ -1512,30 +1672,26 @@ impl Communicator for MpiComm {
                 let srcs: Vec<(Raw, usize)> = (0..p)
                     .map(|q| {
                         if q == me {
-                            (raw, lo)
+                            (w[0], lo)
                         } else {
                             (rs.raw(dtype, (p - 1) * cm), slot(q) * cm)
                         }
                     })
                     .collect();
                 // SAFETY: the exchange completed, so MPI no longer touches the staging; block
-                // [lo, hi) of `raw` is both a source and a destination, which reduce_to allows for
-                // one caller; the user buffer is locked for writing.
+                // [lo, hi) of the buffer is both a source and a destination, which reduce_to
+                // allows for one caller; the buffer is locked for writing.
                 unsafe { reduce::reduce_to(op, &srcs, &[(raw, lo), (w[0], lo)], cm) };
-                // All-gather of the reduced blocks, into the staging's other blocks.
+                // All-gather of the reduced blocks, straight into the buffer (its old contents
+                // were staged for the reduce-scatter).
                 let mut xfers = Vec::new();
                 for q in (0..p).filter(|&q| q != me) {
                     let (ql, qh) = b[q];
                     xfers.push(inner.data(q, st.at(lo * es), cm * es, false));
-                    xfers.push(inner.data(q, st.at(ql * es), (qh - ql) * es, true));
+                    let dst = elem_ptr(w[0], ql);
+                    xfers.push(inner.data(q, dst, (qh - ql) * es, true).into_tensor());
                 }
                 inner.exchange(&xfers, &inner.data_what(OP, seq))?;
-                for (q, &(ql, qh)) in b.iter().enumerate() {
-                    if q != me {
-                        // SAFETY: the exchange completed; the user buffer is locked for writing.
-                        unsafe { reduce::copy(raw, ql, w[0], ql, qh - ql) };
-                    }
-                }
                 Ok(())
             },
         )
@@ -1665,60 +1821,64 @@ impl Communicator for MpiComm {
         let n = self.inner.next_p2p(key);
         let mut ticket = Ticket::new(&self.inner, key, n, OP);
         let label = stream.label().to_string();
-        host::enqueue(stream, OP, &[("buf", buf)], &[], move |r, _| {
-            let inner = ticket.inner.clone();
-            let _alive = alive(OP)?;
-            inner.check_usable(OP, &label)?;
-            let what = format!("send #{n} to rank {peer} (tag {tag}) on {}", inner.name);
-            ticket.wait(&what)?;
-            let bytes = count * dtype.size_in_bytes();
-            let mut hdr = inner.scratch(HDR_WORDS * 8);
-            hdr.words(HDR_WORDS)
-                .copy_from_slice(&header(true, dtype, count, n));
-            let mut ack = inner.scratch(HDR_WORDS * 8);
-            let data = inner.scratch(bytes);
-            // SAFETY: the tensor is locked for reading; the staging is this call's.
-            unsafe { reduce::copy(r[0], 0, data.raw(dtype, count), 0, count) };
-            let tag_c = tag as c_int;
-            let x = |comm: Handle, ptr: *mut u8, bytes: usize, recv: bool| Xfer {
-                comm,
-                peer,
-                tag: tag_c,
-                ptr,
-                bytes,
-                recv,
-            };
-            let wait_what = |_: &[usize], _: &[usize]| what.clone();
-            inner.exchange(
-                &[
-                    x(inner.p2p, hdr.ptr, HDR_WORDS * 8, false),
-                    x(inner.ack, ack.ptr, HDR_WORDS * 8, true),
-                ],
-                &wait_what,
-            )?;
-            let reply = parse_header(ack.words(HDR_WORDS));
-            match reply {
-                Some((true, _, _)) => {}
-                Some((false, d, c)) => {
-                    return Err(p2p_mismatch(
-                        &inner.name,
-                        n,
-                        inner.rank,
-                        peer,
-                        tag,
-                        (dtype, count),
-                        (d, c),
-                    ))
+        let inner = self.inner.clone();
+        enqueue_ticketed(&inner, key, n, OP, || {
+            host::enqueue(stream, OP, &[("buf", buf)], &[], move |r, _| {
+                let inner = ticket.inner.clone();
+                let _alive = alive(OP)?;
+                inner.check_usable(OP, &label)?;
+                let what = format!("send #{n} to rank {peer} (tag {tag}) on {}", inner.name);
+                ticket.wait(&what)?;
+                let bytes = count * dtype.size_in_bytes();
+                let mut hdr = inner.scratch(HDR_WORDS * 8);
+                hdr.words(HDR_WORDS)
+                    .copy_from_slice(&header(true, dtype, count, n));
+                let mut ack = inner.scratch(HDR_WORDS * 8);
+                let data = inner.scratch(bytes);
+                // SAFETY: the tensor is locked for reading; the staging is this call's.
+                unsafe { reduce::copy(r[0], 0, data.raw(dtype, count), 0, count) };
+                let tag_c = tag as c_int;
+                let x = |comm: Handle, ptr: *mut u8, bytes: usize, recv: bool| Xfer {
+                    comm,
+                    peer,
+                    tag: tag_c,
+                    ptr,
+                    bytes,
+                    recv,
+                    user: false,
+                };
+                let wait_what = |_: &[usize], _: &[usize]| what.clone();
+                inner.exchange(
+                    &[
+                        x(inner.p2p, hdr.ptr, HDR_WORDS * 8, false),
+                        x(inner.ack, ack.ptr, HDR_WORDS * 8, true),
+                    ],
+                    &wait_what,
+                )?;
+                let reply = parse_header(ack.words(HDR_WORDS));
+                match reply {
+                    Some((true, _, _)) => {}
+                    Some((false, d, c)) => {
+                        return Err(p2p_mismatch(
+                            &inner.name,
+                            n,
+                            inner.rank,
+                            peer,
+                            tag,
+                            (dtype, count),
+                            (d, c),
+                        ))
+                    }
+                    None => {
+                        let e = Error::invalid(OP, "acknowledgement", "not a ferrotron message");
+                        inner.break_with(e.to_string());
+                        return Err(e);
+                    }
                 }
-                None => {
-                    let e = Error::invalid(OP, "acknowledgement", "not a ferrotron message");
-                    inner.break_with(e.to_string());
-                    return Err(e);
-                }
-            }
-            inner.exchange(&[x(inner.p2p, data.ptr, bytes, false)], &wait_what)?;
-            drop(ticket);
-            Ok(())
+                inner.exchange(&[x(inner.p2p, data.ptr, bytes, false)], &wait_what)?;
+                drop(ticket);
+                Ok(())
+            })
         })
     }
 
@@ -1736,58 +1896,60 @@ impl Communicator for MpiComm {
         let n = self.inner.next_p2p(key);
         let mut ticket = Ticket::new(&self.inner, key, n, OP);
         let label = stream.label().to_string();
-        host::enqueue(stream, OP, &[], &[("buf", &*buf)], move |_, w| {
-            let inner = ticket.inner.clone();
-            let _alive = alive(OP)?;
-            inner.check_usable(OP, &label)?;
-            let what = format!("recv #{n} from rank {peer} (tag {tag}) on {}", inner.name);
-            ticket.wait(&what)?;
-            let bytes = count * dtype.size_in_bytes();
-            let mut hdr = inner.scratch(HDR_WORDS * 8);
-            let tag_c = tag as c_int;
-            let x = |comm: Handle, ptr: *mut u8, bytes: usize, recv: bool| Xfer {
-                comm,
-                peer,
-                tag: tag_c,
-                ptr,
-                bytes,
-                recv,
-            };
-            let wait_what = |_: &[usize], _: &[usize]| what.clone();
-            inner.exchange(&[x(inner.p2p, hdr.ptr, HDR_WORDS * 8, true)], &wait_what)?;
-            let Some((_, sent_dtype, sent_count)) = parse_header(hdr.words(HDR_WORDS)) else {
-                let e = Error::invalid(OP, "header", "not a ferrotron message");
-                inner.break_with(e.to_string());
-                return Err(e);
-            };
-            let ok = (sent_dtype, sent_count) == (dtype, count);
-            let mut ack = inner.scratch(HDR_WORDS * 8);
-            ack.words(HDR_WORDS)
-                .copy_from_slice(&header(ok, dtype, count, n));
-            if !ok {
-                inner.exchange(&[x(inner.ack, ack.ptr, HDR_WORDS * 8, false)], &wait_what)?;
-                return Err(p2p_mismatch(
-                    &inner.name,
-                    n,
+        let inner = self.inner.clone();
+        enqueue_ticketed(&inner, key, n, OP, || {
+            host::enqueue(stream, OP, &[], &[("buf", &*buf)], move |_, w| {
+                let inner = ticket.inner.clone();
+                let _alive = alive(OP)?;
+                inner.check_usable(OP, &label)?;
+                let what = format!("recv #{n} from rank {peer} (tag {tag}) on {}", inner.name);
+                ticket.wait(&what)?;
+                let bytes = count * dtype.size_in_bytes();
+                let mut hdr = inner.scratch(HDR_WORDS * 8);
+                let tag_c = tag as c_int;
+                let x = |comm: Handle, ptr: *mut u8, bytes: usize, recv: bool| Xfer {
+                    comm,
                     peer,
-                    inner.rank,
-                    tag,
-                    (sent_dtype, sent_count),
-                    (dtype, count),
-                ));
-            }
-            let data = inner.scratch(bytes);
-            inner.exchange(
-                &[
-                    x(inner.p2p, data.ptr, bytes, true),
-                    x(inner.ack, ack.ptr, HDR_WORDS * 8, false),
-                ],
-                &wait_what,
-            )?;
-            // SAFETY: the receive completed; the tensor is locked for writing.
-            unsafe { reduce::copy(data.raw(dtype, count), 0, w[0], 0, count) };
-            drop(ticket);
-            Ok(())
+                    tag: tag_c,
+                    ptr,
+                    bytes,
+                    recv,
+                    user: false,
+                };
+                let wait_what = |_: &[usize], _: &[usize]| what.clone();
+                inner.exchange(&[x(inner.p2p, hdr.ptr, HDR_WORDS * 8, true)], &wait_what)?;
+                let Some((_, sent_dtype, sent_count)) = parse_header(hdr.words(HDR_WORDS)) else {
+                    let e = Error::invalid(OP, "header", "not a ferrotron message");
+                    inner.break_with(e.to_string());
+                    return Err(e);
+                };
+                let ok = (sent_dtype, sent_count) == (dtype, count);
+                let mut ack = inner.scratch(HDR_WORDS * 8);
+                ack.words(HDR_WORDS)
+                    .copy_from_slice(&header(ok, dtype, count, n));
+                if !ok {
+                    inner.exchange(&[x(inner.ack, ack.ptr, HDR_WORDS * 8, false)], &wait_what)?;
+                    return Err(p2p_mismatch(
+                        &inner.name,
+                        n,
+                        peer,
+                        inner.rank,
+                        tag,
+                        (sent_dtype, sent_count),
+                        (dtype, count),
+                    ));
+                }
+                // The data lands straight in the tensor.
+                inner.exchange(
+                    &[
+                        x(inner.p2p, w[0].ptr, bytes, true).into_tensor(),
+                        x(inner.ack, ack.ptr, HDR_WORDS * 8, false),
+                    ],
+                    &wait_what,
+                )?;
+                drop(ticket);
+                Ok(())
+            })
         })
     }
 
