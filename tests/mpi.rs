@@ -35,19 +35,21 @@ fn kill_group(pgid: u32, sig: &str) {
         .status();
 }
 
-fn run_check(np: usize) {
+/// Runs `bin args` under `mpirun -np np` with a hard time limit; returns its stdout after
+/// asserting success, or `None` (after printing why) when there is no mpirun.
+fn run_mpi(np: usize, bin: &str, args: &[&str]) -> Option<String> {
     let Some(mpirun) = mpirun() else {
         let reason = "mpirun not found on PATH (apt-get install openmpi-bin libopenmpi-dev)";
         assert!(!required(), "FERROTRON_REQUIRE_MPI=1 but {reason}");
         println!("SKIP mpi np={np}: {reason}");
-        return;
+        return None;
     };
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let bin = env!("CARGO_BIN_EXE_ferrotron-mpi-check");
     let mut child = Command::new(&mpirun)
         .args(["--oversubscribe", "--allow-run-as-root", "-np"])
         .arg(np.to_string())
         .arg(bin)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -92,6 +94,14 @@ fn run_check(np: usize) {
         status.success(),
         "mpirun -np {np} failed ({status}); output above"
     );
+    Some(stdout)
+}
+
+fn run_check(np: usize) {
+    let t0 = Instant::now();
+    let Some(stdout) = run_mpi(np, env!("CARGO_BIN_EXE_ferrotron-mpi-check"), &[]) else {
+        return;
+    };
     let closing = stdout
         .lines()
         .find(|l| l.contains(" passed, "))
@@ -119,4 +129,36 @@ fn mpi_check_with_2_processes() {
 #[test]
 fn mpi_check_with_4_processes() {
     run_check(4);
+}
+
+#[test]
+fn bench_comm_runs_on_the_mpi_backend_under_mpirun() {
+    let args = [
+        "bench",
+        "comm",
+        "--op",
+        "all_reduce",
+        "--min",
+        "1K",
+        "--max",
+        "64K",
+        "--iters",
+        "2",
+    ];
+    let Some(stdout) = run_mpi(2, env!("CARGO_BIN_EXE_ferrotron"), &args) else {
+        return;
+    };
+    assert!(stdout.contains("backend mpi"), "{stdout}");
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    for r in rows {
+        assert_eq!(
+            r.split_whitespace().last(),
+            Some("0"),
+            "#wrong must be 0: {r}"
+        );
+    }
 }

@@ -55,7 +55,7 @@ enum BenchWhat {
         /// all_reduce, all_gather, reduce_scatter or broadcast.
         #[arg(long, default_value = "all_reduce")]
         op: String,
-        /// Number of ranks (threads).
+        /// Number of ranks (threads; under mpirun the processes are the ranks).
         #[arg(long, default_value_t = 4)]
         ranks: usize,
         /// Smallest size (bytes; K/M/G suffixes).
@@ -106,6 +106,33 @@ fn bench_comm(what: BenchWhat) -> Result<(), String> {
         iters,
         warmup,
     };
+    // Under mpirun (and built with `--features mpi`) the ranks are the MPI processes.
+    #[cfg(feature = "mpi")]
+    if std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some() || std::env::var_os("PMI_SIZE").is_some()
+    {
+        let (rank, world, rows) = ferrotron::comm::mpi::launch(Default::default(), |ctx| {
+            Ok((
+                ctx.rank,
+                ctx.world_size,
+                comm::run_rank(&ctx.device, &ctx.comm, &cfg)?,
+            ))
+        })
+        .map_err(|e| e.to_string())?;
+        if rank == 0 {
+            print!("{}", comm::table(&cfg, world, "mpi", &rows));
+            println!(
+                "# baseline: single-thread memcpy of {} bytes: {:.2} GB/s (same run)",
+                cfg.max_bytes,
+                ferrotron::bench::memcpy_gbps(cfg.max_bytes)
+            );
+        }
+        let wrong: usize = rows.iter().map(|r| r.wrong).sum();
+        return if wrong == 0 {
+            Ok(())
+        } else {
+            Err(format!("{wrong} wrong elements"))
+        };
+    }
     let rows = launch(ranks, BackendKind::Cpu, |ctx| {
         comm::run_rank(&ctx.device, &ctx.comm, &cfg)
     })
