@@ -123,7 +123,11 @@ pub trait Communicator: Send + Sync {
     /// In place: every rank's `buf` becomes the reduction of all ranks' `buf`.
     fn all_reduce(&self, stream: &Stream, buf: &mut Tensor, op: ReduceOp) -> Result<Work>;
     /// `output` (size x input count) is the concatenation of every rank's `input`, in rank order.
-    fn all_gather(&self, stream: &Stream, input: &Tensor, output: &mut Tensor) -> Result<Work>;
+    /// Default: [`Communicator::all_gather_v`] with equal counts.
+    fn all_gather(&self, stream: &Stream, input: &Tensor, output: &mut Tensor) -> Result<Work> {
+        let counts = vec![input.numel(); self.size()];
+        self.all_gather_v(stream, input, output, &counts)
+    }
     /// Like [`Communicator::all_gather`] with `counts[r]` elements from rank `r`.
     fn all_gather_v(
         &self,
@@ -133,13 +137,17 @@ pub trait Communicator: Send + Sync {
         counts: &[usize],
     ) -> Result<Work>;
     /// `output` is block `rank` (of `size` equal blocks) of the reduction of every `input`.
+    /// Default: [`Communicator::reduce_scatter_v`] with equal counts.
     fn reduce_scatter(
         &self,
         stream: &Stream,
         input: &Tensor,
         output: &mut Tensor,
         op: ReduceOp,
-    ) -> Result<Work>;
+    ) -> Result<Work> {
+        let counts = vec![output.numel(); self.size()];
+        self.reduce_scatter_v(stream, input, output, &counts, op)
+    }
     /// Like [`Communicator::reduce_scatter`] with block `r` of `counts[r]` elements.
     fn reduce_scatter_v(
         &self,
@@ -160,6 +168,18 @@ pub trait Communicator: Send + Sync {
     /// Collective over the group, blocking the host: ranks with the same `color` form a new
     /// group, ordered by `(key, rank)`; `None` opts out (returns `None`).
     fn split(&self, color: Option<u32>, key: usize) -> Result<Option<Box<dyn Communicator>>>;
+}
+
+/// Validates the per-rank counts of a `_v` collective.
+pub(crate) fn check_counts(op: &'static str, counts: &[usize], size: usize) -> Result<()> {
+    if counts.len() != size {
+        return Err(Error::invalid(
+            op,
+            "counts",
+            format!("{} counts for {} ranks", counts.len(), size),
+        ));
+    }
+    Ok(())
 }
 
 /// Validates a rank argument.

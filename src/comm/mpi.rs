@@ -50,7 +50,9 @@
 //! [`Error::Deadlock`] (there is no shared view of who waits for whom).
 
 use super::reduce::{self, Raw};
-use super::{check_rank, host, CollOp, CommConfig, Communicator, ReduceOp, Signature, Work};
+use super::{
+    check_counts, check_rank, host, CollOp, CommConfig, Communicator, ReduceOp, Signature, Work,
+};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -1697,11 +1699,6 @@ impl Communicator for MpiComm {
         )
     }
 
-    fn all_gather(&self, stream: &Stream, input: &Tensor, output: &mut Tensor) -> Result<Work> {
-        let counts = vec![input.numel(); self.size()];
-        self.all_gather_impl(stream, input, output, counts)
-    }
-
     fn all_gather_v(
         &self,
         stream: &Stream,
@@ -1709,25 +1706,8 @@ impl Communicator for MpiComm {
         output: &mut Tensor,
         counts: &[usize],
     ) -> Result<Work> {
-        if counts.len() != self.size() {
-            return Err(Error::invalid(
-                "all_gather_v",
-                "counts",
-                format!("{} counts for {} ranks", counts.len(), self.size()),
-            ));
-        }
+        check_counts("all_gather_v", counts, self.size())?;
         self.all_gather_impl(stream, input, output, counts.to_vec())
-    }
-
-    fn reduce_scatter(
-        &self,
-        stream: &Stream,
-        input: &Tensor,
-        output: &mut Tensor,
-        op: ReduceOp,
-    ) -> Result<Work> {
-        let counts = vec![output.numel(); self.size()];
-        self.reduce_scatter_impl(stream, input, output, counts, op)
     }
 
     fn reduce_scatter_v(
@@ -1738,13 +1718,7 @@ impl Communicator for MpiComm {
         counts: &[usize],
         op: ReduceOp,
     ) -> Result<Work> {
-        if counts.len() != self.size() {
-            return Err(Error::invalid(
-                "reduce_scatter_v",
-                "counts",
-                format!("{} counts for {} ranks", counts.len(), self.size()),
-            ));
-        }
+        check_counts("reduce_scatter_v", counts, self.size())?;
         self.reduce_scatter_impl(stream, input, output, counts.to_vec(), op)
     }
 

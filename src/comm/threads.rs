@@ -10,7 +10,9 @@
 //! released. No lock is held while data moves; the rendezvous lock only guards the bookkeeping.
 
 use super::reduce::{self, Raw};
-use super::{check_rank, host, CollOp, CommConfig, Communicator, ReduceOp, Signature, Work};
+use super::{
+    check_counts, check_rank, host, CollOp, CommConfig, Communicator, ReduceOp, Signature, Work,
+};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::stream::Stream;
@@ -543,11 +545,6 @@ impl Communicator for ThreadComm {
         })
     }
 
-    fn all_gather(&self, stream: &Stream, input: &Tensor, output: &mut Tensor) -> Result<Work> {
-        let counts = vec![input.numel(); self.size()];
-        self.all_gather_impl(stream, input, output, counts)
-    }
-
     fn all_gather_v(
         &self,
         stream: &Stream,
@@ -555,25 +552,8 @@ impl Communicator for ThreadComm {
         output: &mut Tensor,
         counts: &[usize],
     ) -> Result<Work> {
-        if counts.len() != self.size() {
-            return Err(Error::invalid(
-                "all_gather_v",
-                "counts",
-                format!("{} counts for {} ranks", counts.len(), self.size()),
-            ));
-        }
+        check_counts("all_gather_v", counts, self.size())?;
         self.all_gather_impl(stream, input, output, counts.to_vec())
-    }
-
-    fn reduce_scatter(
-        &self,
-        stream: &Stream,
-        input: &Tensor,
-        output: &mut Tensor,
-        op: ReduceOp,
-    ) -> Result<Work> {
-        let counts = vec![output.numel(); self.size()];
-        self.reduce_scatter_impl(stream, input, output, counts, op)
     }
 
     fn reduce_scatter_v(
@@ -584,13 +564,7 @@ impl Communicator for ThreadComm {
         counts: &[usize],
         op: ReduceOp,
     ) -> Result<Work> {
-        if counts.len() != self.size() {
-            return Err(Error::invalid(
-                "reduce_scatter_v",
-                "counts",
-                format!("{} counts for {} ranks", counts.len(), self.size()),
-            ));
-        }
+        check_counts("reduce_scatter_v", counts, self.size())?;
         self.reduce_scatter_impl(stream, input, output, counts.to_vec(), op)
     }
 
