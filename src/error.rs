@@ -270,6 +270,14 @@ pub enum Error {
     },
 }
 
+/// The message of a caught panic (`&str` or `String` payloads; anything else is "panic").
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
+}
+
 impl Error {
     /// Convenience for [`Error::InvalidArgument`].
     pub fn invalid(op: &'static str, what: impl Into<String>, why: impl Into<String>) -> Self {

@@ -72,11 +72,7 @@ where
                             Err(p) => Err(Error::AsyncFailure {
                                 stream: format!("rank {rank}"),
                                 op: "launch closure".into(),
-                                message: p
-                                    .downcast_ref::<&str>()
-                                    .map(|s| s.to_string())
-                                    .or_else(|| p.downcast_ref::<String>().cloned())
-                                    .unwrap_or_else(|| "panic".into()),
+                                message: crate::error::panic_message(&*p),
                             }),
                         };
                         if let Err(e) = &out {

@@ -567,11 +567,7 @@ pub fn launch<T>(config: CommConfig, f: impl FnOnce(MpiRankCtx<'_>) -> Result<T>
         Err(p) => Err(Error::AsyncFailure {
             stream: format!("rank {rank}"),
             op: "launch closure".into(),
-            message: p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into()),
+            message: crate::error::panic_message(&*p),
         }),
     };
     if let Err(e) = &out {

@@ -71,11 +71,7 @@ impl CpuQueue {
                         Err(panic) => Some(Error::AsyncFailure {
                             stream: worker.label.clone(),
                             op: op.to_string(),
-                            message: panic
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| panic.downcast_ref::<String>().cloned())
-                                .unwrap_or_else(|| "panic".to_string()),
+                            message: crate::error::panic_message(&*panic),
                         }),
                     };
                     let mut p = worker.progress.lock().unwrap_or_else(|e| e.into_inner());

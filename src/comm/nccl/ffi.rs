@@ -44,18 +44,11 @@ pub(crate) fn call(
         }),
         Err(panic) => Err(Error::Cuda {
             call: name.to_string(),
-            message: format!("libnccl could not be used: {}", panic_message(&*panic)),
+            message: format!(
+                "libnccl could not be used: {}",
+                crate::error::panic_message(&*panic)
+            ),
         }),
-    }
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic in cudarc's NCCL loader".to_string()
     }
 }
 

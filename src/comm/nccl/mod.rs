@@ -555,11 +555,6 @@ impl Communicator for NcclComm {
         })
     }
 
-    fn all_gather(&self, stream: &Stream, input: &Tensor, output: &mut Tensor) -> Result<Work> {
-        let counts = vec![input.numel(); self.size];
-        self.all_gather_impl(stream, input, output, &counts)
-    }
-
     fn all_gather_v(
         &self,
         stream: &Stream,
@@ -569,17 +564,6 @@ impl Communicator for NcclComm {
     ) -> Result<Work> {
         check_counts("all_gather_v", counts, self.size)?;
         self.all_gather_impl(stream, input, output, counts)
-    }
-
-    fn reduce_scatter(
-        &self,
-        stream: &Stream,
-        input: &Tensor,
-        output: &mut Tensor,
-        op: ReduceOp,
-    ) -> Result<Work> {
-        let counts = vec![output.numel(); self.size];
-        self.reduce_scatter_impl(stream, input, output, &counts, op)
     }
 
     fn reduce_scatter_v(
