@@ -1,6 +1,7 @@
 //! Devices: a handle to one backend instance (the CPU, or one CUDA GPU) and its configuration.
 
 use crate::backend::cuda::CudaDevice;
+use crate::backend::emu::{EmuDevice, EmuHandle, EmuOptions};
 use crate::error::Result;
 use crate::stream::{Event, Stream};
 use std::fmt;
@@ -13,6 +14,8 @@ pub enum BackendKind {
     Cpu,
     /// A CUDA GPU through the driver API (loaded at run time).
     Cuda,
+    /// An emulated GPU: the kernels' PTX run by ptx-emu on the CPU.
+    Emu,
 }
 
 impl fmt::Display for BackendKind {
@@ -20,6 +23,7 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Cpu => "cpu",
             BackendKind::Cuda => "cuda",
+            BackendKind::Emu => "emu",
         })
     }
 }
@@ -63,6 +67,7 @@ struct DeviceInner {
     config: DeviceConfig,
     label: String,
     cuda: Option<CudaDevice>,
+    emu: Option<EmuHandle>,
 }
 
 impl fmt::Debug for Device {
@@ -86,6 +91,7 @@ impl Device {
                 config,
                 label: "cpu".to_string(),
                 cuda: None,
+                emu: None,
             }),
         }
     }
@@ -106,8 +112,52 @@ impl Device {
                 config,
                 label: format!("cuda:{ordinal}"),
                 cuda: Some(cu),
+                emu: None,
             }),
         })
+    }
+
+    /// Emulated GPU `ordinal` (0..64): the CUDA kernels' PTX interpreted by ptx-emu, with
+    /// bounds, initialisation and shared-memory race checks on every launch. All emulated devices
+    /// of the process share one address space.
+    pub fn emu(ordinal: usize) -> Result<Device> {
+        Device::emu_with(ordinal, DeviceConfig::default(), EmuOptions::default())
+    }
+
+    /// Emulated GPU `ordinal` with explicit configuration and emulator options.
+    pub fn emu_with(ordinal: usize, config: DeviceConfig, options: EmuOptions) -> Result<Device> {
+        let emu = EmuDevice::new(ordinal, options)?;
+        Ok(Device {
+            inner: Arc::new(DeviceInner {
+                kind: BackendKind::Emu,
+                ordinal,
+                config,
+                label: format!("emu:{ordinal}"),
+                cuda: None,
+                emu: Some(Arc::new(emu)),
+            }),
+        })
+    }
+
+    /// Lets kernels on this emulated device read and write memory of emulated device `peer`
+    /// (`cudaDeviceEnablePeerAccess`). An error for other backends.
+    pub fn enable_peer_access(&self, peer: &Device) -> Result<()> {
+        match (&self.inner.emu, peer.kind()) {
+            (Some(e), BackendKind::Emu) => {
+                e.enable_peer_access(peer.ordinal() as u32);
+                Ok(())
+            }
+            _ => Err(crate::Error::Unsupported {
+                op: "Device::enable_peer_access",
+                backend: format!("{} -> {}", self.label(), peer.label()),
+            }),
+        }
+    }
+
+    /// The emulator's counters (instructions, sectors, bank conflicts, FLOPs) summed over every
+    /// kernel launched on this emulated device so far; `None` for other backends.
+    pub fn emu_metrics(&self) -> Option<ptx_emu::Metrics> {
+        self.inner.emu.as_ref().map(|e| e.metrics())
     }
 
     /// A device of the given kind (ordinal ignored for the CPU).
@@ -115,6 +165,7 @@ impl Device {
         match kind {
             BackendKind::Cpu => Ok(Device::cpu()),
             BackendKind::Cuda => Device::cuda(ordinal),
+            BackendKind::Emu => Device::emu(ordinal),
         }
     }
 
@@ -163,12 +214,18 @@ impl Device {
     pub fn compatible(&self, other: &Device) -> bool {
         match (self.inner.kind, other.inner.kind) {
             (BackendKind::Cpu, BackendKind::Cpu) => true,
-            (BackendKind::Cuda, BackendKind::Cuda) => self.inner.ordinal == other.inner.ordinal,
+            (BackendKind::Cuda, BackendKind::Cuda) | (BackendKind::Emu, BackendKind::Emu) => {
+                self.inner.ordinal == other.inner.ordinal
+            }
             _ => false,
         }
     }
 
     pub(crate) fn cuda_state(&self) -> Option<&CudaDevice> {
         self.inner.cuda.as_ref()
+    }
+
+    pub(crate) fn emu_state(&self) -> Option<&EmuHandle> {
+        self.inner.emu.as_ref()
     }
 }

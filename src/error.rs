@@ -260,6 +260,22 @@ pub enum Error {
         /// The driver's message.
         message: String,
     },
+    /// No emulated device with this ordinal can exist (ordinals 0..64).
+    #[error("emulated device {ordinal} is out of range (0..64)")]
+    NoEmuDevice {
+        /// The ordinal asked for.
+        ordinal: usize,
+    },
+    /// The PTX emulator reported a fault while loading or running a kernel: an out-of-bounds,
+    /// misaligned or uninitialised access, a shared-memory race, a deadlock, an unsupported
+    /// instruction... (the inner error names the kernel, thread, instruction and address).
+    #[error("emulator: {kernel}: {error}")]
+    Emu {
+        /// The kernel (or module) concerned.
+        kernel: String,
+        /// What the emulator found.
+        error: ptx_emu::EmuError,
+    },
     /// The op is not available on this backend (yet).
     #[error("{op} is not implemented on the {backend} backend")]
     Unsupported {

@@ -92,7 +92,7 @@ fn abi_has_every_kernel_struct() {
     for name in [
         "FtBiasGeluFwdParams",
         "FtBiasGeluBwdParams",
-        "FtColumnSumParams",
+        "FtBiasGeluDbiasParams",
     ] {
         assert!(
             fresh.contains(&format!("pub struct {name}")),

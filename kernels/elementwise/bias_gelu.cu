@@ -1,9 +1,10 @@
-// bias_gelu.cu: fused bias + GeLU (forward and backward) and the column sum used for dbias.
+// bias_gelu.cu: fused bias + GeLU (forward and backward) and the dbias reduction.
 //
 // Entry points (extern "C", each takes its parameter struct from ferrotron_params.h BY VALUE):
 //   ft_bias_gelu_fwd_f32 / _bf16   y  = gelu(x + bias[col])                  FtBiasGeluFwdParams
 //   ft_bias_gelu_bwd_f32 / _bf16   dx = dy * gelu'(x + bias[col])            FtBiasGeluBwdParams
-//   ft_column_sum_f32    / _bf16   out[c] = sum_r x[r, c], rows in order     FtColumnSumParams
+//   ft_bias_gelu_dbias_f32 / _bf16 dbias[c] = sum_r dy * gelu'(x + bias[c])  FtBiasGeluDbiasParams
+//                                  (f32 products summed before rounding, rows in order)
 //
 // Numerics: every element is widened to f32, z = x + bias is formed in f32 (NOT rounded to bf16
 // first), GeLU and its derivative are evaluated in f32 (ft_gelu.cuh), and the result is rounded
@@ -11,15 +12,15 @@
 //
 // Launch: any 1-D grid and block (grid-stride loops); e.g. 256 threads per block and
 // min(ceil(work / 256), 32 * SMs) blocks, where work is rows * cols for the elementwise kernels
-// (rows * cols / 2 on the bf16x2 path) and cols for the column sum. rows * cols == 0 is a no-op.
+// (rows * cols / 2 on the bf16x2 path) and cols for dbias. rows * cols == 0 is a no-op.
 //
 // bf16 vectorisation: when cols is even and every pointer is 4-byte aligned, the bf16 kernels move
 // pairs (__nv_bfloat162, one 32-bit access per thread); a pair never straddles two rows because
 // cols is even. Otherwise they fall back to one element per thread. The choice depends only on the
 // parameters, so it is uniform across the grid.
 //
-// Determinism: the elementwise kernels compute each output from its own inputs only; the column
-// sum gives each column to exactly one thread, which adds the rows in order 0, 1, ..., rows - 1,
+// Determinism: the elementwise kernels compute each output from its own inputs only; dbias
+// gives each column to exactly one thread, which adds the rows in order 0, 1, ..., rows - 1,
 // so results are bitwise reproducible for any launch configuration. Neighbouring threads own
 // neighbouring columns, so each row step of a warp is one coalesced access.
 
@@ -82,7 +83,7 @@ extern "C" __global__ void ft_bias_gelu_fwd_bf16(FtBiasGeluFwdParams p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward (dx only; dbias = column sum of dx)
+// Backward: dx (dbias is its own kernel below)
 
 template <typename T>
 __device__ __forceinline__ void ft_bias_gelu_bwd_scalar(const T* dy, const T* x,
@@ -143,27 +144,35 @@ extern "C" __global__ void ft_bias_gelu_bwd_bf16(FtBiasGeluBwdParams p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Column sum (dbias): one thread per column, rows added in order, f32 accumulator.
+// dbias: one thread per column, rows added in order, f32 accumulator over the unrounded f32
+// products dy * gelu'(x + bias) (the values dx is rounded from).
 
 template <typename T>
-__device__ __forceinline__ void ft_column_sum(const T* __restrict__ x, T* out, uint64_t rows,
-                                              uint64_t cols) {
+__device__ __forceinline__ void ft_bias_gelu_dbias(const T* dy, const T* x,
+                                                   const T* __restrict__ bias,
+                                                   T* __restrict__ dbias, uint64_t rows,
+                                                   uint64_t cols) {
     const uint64_t stride = ft_grid_threads();
     for (uint64_t c = ft_global_thread(); c < cols; c += stride) {
+        const float b = ft_load_f32(bias, c);
         float acc = 0.0f;
         uint64_t i = c;
         for (uint64_t r = 0; r < rows; ++r, i += cols) {
-            acc += ft_load_f32(x, i);
+            acc += ft_load_f32(dy, i) * ft_gelu_grad(ft_load_f32(x, i) + b);
         }
-        ft_store_f32(out, c, acc);
+        ft_store_f32(dbias, c, acc);
     }
 }
 
-extern "C" __global__ void ft_column_sum_f32(FtColumnSumParams p) {
-    ft_column_sum(static_cast<const float*>(p.x), static_cast<float*>(p.out), p.rows, p.cols);
+extern "C" __global__ void ft_bias_gelu_dbias_f32(FtBiasGeluDbiasParams p) {
+    ft_bias_gelu_dbias(static_cast<const float*>(p.dy), static_cast<const float*>(p.x),
+                       static_cast<const float*>(p.bias), static_cast<float*>(p.dbias), p.rows,
+                       p.cols);
 }
 
-extern "C" __global__ void ft_column_sum_bf16(FtColumnSumParams p) {
-    ft_column_sum(static_cast<const __nv_bfloat16*>(p.x), static_cast<__nv_bfloat16*>(p.out),
-                  p.rows, p.cols);
+extern "C" __global__ void ft_bias_gelu_dbias_bf16(FtBiasGeluDbiasParams p) {
+    ft_bias_gelu_dbias(static_cast<const __nv_bfloat16*>(p.dy),
+                       static_cast<const __nv_bfloat16*>(p.x),
+                       static_cast<const __nv_bfloat16*>(p.bias),
+                       static_cast<__nv_bfloat16*>(p.dbias), p.rows, p.cols);
 }

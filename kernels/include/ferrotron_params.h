@@ -51,7 +51,7 @@ typedef struct FtBiasGeluFwdParams {
 /**
  * Parameters of `ft_bias_gelu_bwd_{f32,bf16}`: `dx[r, c] = dy[r, c] * gelu'(x[r, c] + bias[c])`.
  *
- * `x` and `bias` are the forward inputs; dbias is the column sum of `dx` (`FtColumnSumParams`).
+ * `x` and `bias` are the forward inputs; dbias comes from `FtBiasGeluDbiasParams`'s kernel.
  * `dx == dy` (in place) is allowed.
  */
 typedef struct FtBiasGeluBwdParams {
@@ -70,21 +70,28 @@ typedef struct FtBiasGeluBwdParams {
 } FtBiasGeluBwdParams;
 
 /**
- * Parameters of `ft_column_sum_{f32,bf16}`: `out[c] = x[0, c] + x[1, c] + ... + x[rows - 1, c]`.
+ * Parameters of `ft_bias_gelu_dbias_{f32,bf16}`:
+ * `dbias[c] = dy[0, c] * gelu'(x[0, c] + bias[c]) + ... + dy[rows - 1, c] * gelu'(...)`.
  *
- * Adds the rows in order with an f32 accumulator and rounds once to the element type, so the
- * result is bitwise the same run after run. Used for dbias. `out` may not overlap `x`.
+ * The products are the f32 values `ft_bias_gelu_bwd` computes for dx, summed BEFORE any rounding
+ * to the element type (summing a bf16 dx would add one bf16 rounding error per row), rows in
+ * order with an f32 accumulator, rounded once: bitwise the same run after run. `dbias` may not
+ * overlap the inputs. Launch it before the dx kernel when `dx == dy`.
  */
-typedef struct FtColumnSumParams {
-    /** Input, `[rows, cols]` row-major. */
+typedef struct FtBiasGeluDbiasParams {
+    /** Gradient of the output, `[rows, cols]` row-major. */
+    const void* dy;
+    /** The forward input, `[rows, cols]` row-major. */
     const void* x;
-    /** Output, `[cols]`. */
-    void* out;
-    /** Number of rows summed over. */
+    /** The forward bias, `[cols]`. */
+    const void* bias;
+    /** Gradient of the bias, `[cols]`. */
+    void* dbias;
+    /** Number of rows. */
     uint64_t rows;
-    /** Number of columns; the output length. */
+    /** Number of columns; the bias length. */
     uint64_t cols;
-} FtColumnSumParams;
+} FtBiasGeluDbiasParams;
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -27,6 +27,8 @@ enum BackendArg {
     Cpu,
     /// CUDA GPU 0.
     Cuda,
+    /// Emulated GPU 0: the CUDA kernels' PTX run by ptx-emu with sanitizer checks.
+    Emu,
 }
 
 #[derive(Subcommand)]
@@ -168,10 +170,31 @@ fn main() -> ExitCode {
         Command::Check { backend, seed } => {
             let mut devices = Vec::new();
             let mut notes = Vec::new();
-            if backend != BackendArg::Cuda {
+            if backend == BackendArg::All || backend == BackendArg::Cpu {
                 devices.push(Device::cpu());
             }
-            if backend != BackendArg::Cpu {
+            if backend == BackendArg::All || backend == BackendArg::Emu {
+                if ferrotron::kernels::kernels_built() {
+                    match Device::new(BackendKind::Emu, 0) {
+                        Ok(d) => devices.push(d),
+                        Err(e) => {
+                            eprintln!("ferrotron check: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                } else if backend == BackendArg::Emu {
+                    eprintln!(
+                        "ferrotron check: the kernels were not built (no nvcc at build time: run scripts/install-cuda-toolchain.sh and rebuild)"
+                    );
+                    return ExitCode::FAILURE;
+                } else {
+                    notes.push(
+                        "emu: not checked: the kernels were not built (no nvcc at build time)"
+                            .to_string(),
+                    );
+                }
+            }
+            if backend == BackendArg::All || backend == BackendArg::Cuda {
                 match Device::new(BackendKind::Cuda, 0) {
                     Ok(d) => devices.push(d),
                     Err(e) if backend == BackendArg::Cuda => {

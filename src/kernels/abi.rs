@@ -61,7 +61,7 @@ impl Default for FtBiasGeluFwdParams {
 }
 /** Parameters of `ft_bias_gelu_bwd_{f32,bf16}`: `dx[r, c] = dy[r, c] * gelu'(x[r, c] + bias[c])`.
 
- `x` and `bias` are the forward inputs; dbias is the column sum of `dx` (`FtColumnSumParams`).
+ `x` and `bias` are the forward inputs; dbias comes from `FtBiasGeluDbiasParams`'s kernel.
  `dx == dy` (in place) is allowed.*/
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -115,42 +115,57 @@ impl Default for FtBiasGeluBwdParams {
         }
     }
 }
-/** Parameters of `ft_column_sum_{f32,bf16}`: `out[c] = x[0, c] + x[1, c] + ... + x[rows - 1, c]`.
+/** Parameters of `ft_bias_gelu_dbias_{f32,bf16}`:
+ `dbias[c] = dy[0, c] * gelu'(x[0, c] + bias[c]) + ... + dy[rows - 1, c] * gelu'(...)`.
 
- Adds the rows in order with an f32 accumulator and rounds once to the element type, so the
- result is bitwise the same run after run. Used for dbias. `out` may not overlap `x`.*/
+ The products are the f32 values `ft_bias_gelu_bwd` computes for dx, summed BEFORE any rounding
+ to the element type (summing a bf16 dx would add one bf16 rounding error per row), rows in
+ order with an f32 accumulator, rounded once: bitwise the same run after run. `dbias` may not
+ overlap the inputs. Launch it before the dx kernel when `dx == dy`.*/
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
-pub struct FtColumnSumParams {
-    /// Input, `[rows, cols]` row-major.
+pub struct FtBiasGeluDbiasParams {
+    /// Gradient of the output, `[rows, cols]` row-major.
+    pub dy: *const ::std::os::raw::c_void,
+    /// The forward input, `[rows, cols]` row-major.
     pub x: *const ::std::os::raw::c_void,
-    /// Output, `[cols]`.
-    pub out: *mut ::std::os::raw::c_void,
-    /// Number of rows summed over.
+    /// The forward bias, `[cols]`.
+    pub bias: *const ::std::os::raw::c_void,
+    /// Gradient of the bias, `[cols]`.
+    pub dbias: *mut ::std::os::raw::c_void,
+    /// Number of rows.
     pub rows: u64,
-    /// Number of columns; the output length.
+    /// Number of columns; the bias length.
     pub cols: u64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of FtColumnSumParams"][::std::mem::size_of::<FtColumnSumParams>() - 32usize];
     [
-        "Alignment of FtColumnSumParams",
-    ][::std::mem::align_of::<FtColumnSumParams>() - 8usize];
+        "Size of FtBiasGeluDbiasParams",
+    ][::std::mem::size_of::<FtBiasGeluDbiasParams>() - 48usize];
     [
-        "Offset of field: FtColumnSumParams::x",
-    ][::std::mem::offset_of!(FtColumnSumParams, x) - 0usize];
+        "Alignment of FtBiasGeluDbiasParams",
+    ][::std::mem::align_of::<FtBiasGeluDbiasParams>() - 8usize];
     [
-        "Offset of field: FtColumnSumParams::out",
-    ][::std::mem::offset_of!(FtColumnSumParams, out) - 8usize];
+        "Offset of field: FtBiasGeluDbiasParams::dy",
+    ][::std::mem::offset_of!(FtBiasGeluDbiasParams, dy) - 0usize];
     [
-        "Offset of field: FtColumnSumParams::rows",
-    ][::std::mem::offset_of!(FtColumnSumParams, rows) - 16usize];
+        "Offset of field: FtBiasGeluDbiasParams::x",
+    ][::std::mem::offset_of!(FtBiasGeluDbiasParams, x) - 8usize];
     [
-        "Offset of field: FtColumnSumParams::cols",
-    ][::std::mem::offset_of!(FtColumnSumParams, cols) - 24usize];
+        "Offset of field: FtBiasGeluDbiasParams::bias",
+    ][::std::mem::offset_of!(FtBiasGeluDbiasParams, bias) - 16usize];
+    [
+        "Offset of field: FtBiasGeluDbiasParams::dbias",
+    ][::std::mem::offset_of!(FtBiasGeluDbiasParams, dbias) - 24usize];
+    [
+        "Offset of field: FtBiasGeluDbiasParams::rows",
+    ][::std::mem::offset_of!(FtBiasGeluDbiasParams, rows) - 32usize];
+    [
+        "Offset of field: FtBiasGeluDbiasParams::cols",
+    ][::std::mem::offset_of!(FtBiasGeluDbiasParams, cols) - 40usize];
 };
-impl Default for FtColumnSumParams {
+impl Default for FtBiasGeluDbiasParams {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
         unsafe {

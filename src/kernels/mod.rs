@@ -123,7 +123,7 @@ unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasGeluFwdParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasGeluBwdParams {}
 // SAFETY: as above.
-unsafe impl cudarc::driver::DeviceRepr for abi::FtColumnSumParams {}
+unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasGeluDbiasParams {}
 
 #[cfg(test)]
 mod tests {

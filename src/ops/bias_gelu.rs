@@ -1,9 +1,11 @@
 //! Fused bias + GeLU (tanh approximation, Megatron's constants), forward and backward.
 
-use super::launch::{enqueue_host, float_dispatch, prepare};
+use super::launch::{enqueue_host, float_dispatch, prepare_kernel};
 use super::validate;
 use crate::backend::cpu::ops::bias_gelu as cpu;
 use crate::backend::cuda::elementwise as cuda;
+use crate::backend::emu::elementwise as emu;
+use crate::device::BackendKind;
 use crate::error::Result;
 use crate::stream::{Stream, StreamImpl};
 use crate::tensor::{view, view_mut, Tensor};
@@ -26,9 +28,12 @@ pub fn bias_gelu_fwd(stream: &Stream, x: &Tensor, bias: &Tensor, y: &mut Tensor)
     validate::dtype(OP, "y", y, x.dtype())?;
     let reads = [("x", x), ("bias", bias)];
     let writes = [("y", &*y)];
-    prepare(stream, OP, &reads, &writes)?;
+    prepare_kernel(stream, OP, &reads, &writes)?;
     let dtype = x.dtype();
     match stream.imp() {
+        StreamImpl::Cpu(_) if stream.device().kind() == BackendKind::Emu => {
+            emu::bias_gelu_fwd(stream, x, bias, y, rows, cols)
+        }
         StreamImpl::Cpu(_) => {
             enqueue_host(stream, OP, &reads, &writes, move |l| {
                 let (r, mut w) = l.io();
@@ -68,9 +73,12 @@ pub fn bias_gelu_bwd(
     if let Some(db) = dbias.as_deref() {
         writes.push(("dbias", db));
     }
-    prepare(stream, OP, &reads, &writes)?;
+    prepare_kernel(stream, OP, &reads, &writes)?;
     let dtype = x.dtype();
     match stream.imp() {
+        StreamImpl::Cpu(_) if stream.device().kind() == BackendKind::Emu => {
+            emu::bias_gelu_bwd(stream, dy, x, bias, dx, dbias.as_deref(), rows, cols)
+        }
         StreamImpl::Cpu(_) => {
             enqueue_host(stream, OP, &reads, &writes, move |l| {
                 let (r, mut w) = l.io();

@@ -2,6 +2,7 @@
 //! access record, and (CPU) the closure that locks the operands and runs the fast path.
 
 use crate::backend::cpu::{lock_all, Locked};
+use crate::device::BackendKind;
 use crate::error::{Error, Result};
 use crate::stream::checked::{self, TrackedBuffer};
 use crate::stream::Stream;
@@ -20,7 +21,23 @@ pub(crate) fn check_access(stream: &Stream, reads: &[&Tensor], writes: &[&Tensor
 
 /// Validates that every operand lives on the stream's device and that no output aliases another
 /// operand, then records the access. Returns nothing; the caller enqueues the work next.
+///
+/// For host-memory ops only: on an emulated device (whose buffers live in the emulator's memory)
+/// this is [`Error::Unsupported`]; ops backed by a kernel use [`prepare_kernel`].
 pub(crate) fn prepare(
+    stream: &Stream,
+    op: &'static str,
+    reads: &[(&str, &Tensor)],
+    writes: &[(&str, &Tensor)],
+) -> Result<()> {
+    if stream.device().kind() == BackendKind::Emu {
+        return Err(crate::ops::unsupported(op, stream));
+    }
+    prepare_kernel(stream, op, reads, writes)
+}
+
+/// [`prepare`] for ops that run a kernel on every device backend (CUDA and emu alike).
+pub(crate) fn prepare_kernel(
     stream: &Stream,
     op: &'static str,
     reads: &[(&str, &Tensor)],

@@ -32,7 +32,7 @@ pub use softmax::{softmax_bwd, softmax_fwd};
 use crate::error::Error;
 use crate::stream::Stream;
 
-fn unsupported(op: &'static str, stream: &Stream) -> Error {
+pub(crate) fn unsupported(op: &'static str, stream: &Stream) -> Error {
     Error::Unsupported {
         op,
         backend: stream.device().kind().to_string(),

@@ -12,6 +12,7 @@ pub(crate) use host_data::{view, view_mut};
 pub use host_data::{HostData, HostElement};
 
 use crate::backend::cuda::CudaMem;
+use crate::backend::emu::EmuMem;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -27,6 +28,7 @@ static NEXT_BUFFER: AtomicU64 = AtomicU64::new(1);
 pub(crate) enum Memory {
     Host(RwLock<HostData>),
     Cuda(CudaMem),
+    Emu(EmuMem),
 }
 
 /// A device allocation with its dtype and its checked-mode access history.
@@ -48,15 +50,26 @@ impl Buffer {
     pub fn host(&self) -> &RwLock<HostData> {
         match &self.mem {
             Memory::Host(h) => h,
-            Memory::Cuda(_) => unreachable!("host access to a CUDA buffer"),
+            Memory::Cuda(_) | Memory::Emu(_) => unreachable!("host access to a device buffer"),
         }
     }
 
     pub fn cuda(&self) -> &CudaMem {
         match &self.mem {
             Memory::Cuda(c) => c,
-            Memory::Host(_) => unreachable!("device access to a host buffer"),
+            _ => unreachable!("CUDA access to a non-CUDA buffer"),
         }
+    }
+
+    pub fn emu(&self) -> &EmuMem {
+        match &self.mem {
+            Memory::Emu(e) => e,
+            _ => unreachable!("emulator access to a non-emulator buffer"),
+        }
+    }
+
+    pub(crate) fn memory(&self) -> &Memory {
+        &self.mem
     }
 
     pub fn tracked(&self) -> TrackedBuffer<'_> {
@@ -89,12 +102,22 @@ impl std::fmt::Debug for Tensor {
 
 impl Tensor {
     fn new_buffer(device: &Device, shape: Shape, data: HostData) -> Result<Tensor> {
+        Self::new_buffer_with(device, shape, data, false)
+    }
+
+    fn new_buffer_with(
+        device: &Device,
+        shape: Shape,
+        data: HostData,
+        poison: bool,
+    ) -> Result<Tensor> {
         let id = NEXT_BUFFER.fetch_add(1, Ordering::Relaxed);
         let dtype = data.dtype();
         let len = data.len();
-        let mem = match device.cuda_state() {
-            None => Memory::Host(RwLock::new(data)),
-            Some(cu) => Memory::Cuda(cu.upload(data.as_bytes())?),
+        let mem = match (device.cuda_state(), device.emu_state()) {
+            (Some(cu), _) => Memory::Cuda(cu.upload(data.as_bytes())?),
+            (None, Some(emu)) => Memory::Emu(emu.upload(data.as_bytes(), poison)?),
+            (None, None) => Memory::Host(RwLock::new(data)),
         };
         Ok(Tensor {
             buf: Arc::new(Buffer {
@@ -171,7 +194,7 @@ impl Tensor {
         let shape = shape.into();
         let mut h = HostData::zeros(dtype, shape.numel());
         h.poison();
-        Self::new_buffer(device, shape, h)
+        Self::new_buffer_with(device, shape, h, true)
     }
 
     /// The shape.
@@ -247,7 +270,14 @@ impl Tensor {
                 let slot = out.clone();
                 let buf = self.buf.clone();
                 stream.push_host("to_vec", move || {
-                    let h = buf.host().read().unwrap_or_else(|p| p.into_inner()).clone();
+                    let h = match buf.memory() {
+                        Memory::Emu(e) => {
+                            let mut h = HostData::zeros(buf.dtype, buf.len);
+                            e.download(h.as_bytes_mut())?;
+                            h
+                        }
+                        _ => buf.host().read().unwrap_or_else(|p| p.into_inner()).clone(),
+                    };
                     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
                     Ok(())
                 });
@@ -286,7 +316,10 @@ impl Tensor {
             StreamImpl::Cpu(_) => {
                 let buf = self.buf.clone();
                 stream.push_host("copy_from_slice", move || {
-                    *buf.host().write().unwrap_or_else(|p| p.into_inner()) = staged;
+                    match buf.memory() {
+                        Memory::Emu(e) => e.upload(staged.as_bytes())?,
+                        _ => *buf.host().write().unwrap_or_else(|p| p.into_inner()) = staged,
+                    }
                     Ok(())
                 });
                 Ok(())

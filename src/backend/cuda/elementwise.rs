@@ -3,17 +3,17 @@
 use super::driver_error;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernels::abi::{FtBiasGeluBwdParams, FtBiasGeluFwdParams, FtColumnSumParams};
+use crate::kernels::abi::{FtBiasGeluBwdParams, FtBiasGeluDbiasParams, FtBiasGeluFwdParams};
 use crate::stream::Stream;
 use crate::tensor::Tensor;
 use cudarc::driver::{CudaStream, LaunchConfig, PushKernelArg};
 use std::ffi::c_void;
 use std::sync::Arc;
 
-const MODULE: &str = "elementwise/bias_gelu";
-const BLOCK: u32 = 256;
+pub(crate) const MODULE: &str = "elementwise/bias_gelu";
+pub(crate) const BLOCK: u32 = 256;
 
-fn suffix(op: &'static str, dtype: DType) -> Result<&'static str> {
+pub(crate) fn suffix(op: &'static str, dtype: DType) -> Result<&'static str> {
     match dtype {
         DType::F32 => Ok("f32"),
         DType::BF16 => Ok("bf16"),
@@ -26,7 +26,7 @@ fn suffix(op: &'static str, dtype: DType) -> Result<&'static str> {
 }
 
 /// A grid-stride launch over `n` items: enough blocks to fill any current GPU, no more.
-fn grid_for(n: usize) -> LaunchConfig {
+pub(crate) fn grid_for(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(BLOCK as usize).clamp(1, 4096) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
@@ -89,7 +89,8 @@ pub(crate) fn bias_gelu_fwd(
     )
 }
 
-/// `dx = dy * gelu'(x + bias)`, then `dbias = column sums of dx` on the same stream.
+/// `dbias = column sums of dy * gelu'(x + bias)` (f32, before rounding), then
+/// `dx = dy * gelu'(x + bias)`, on the same stream.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn bias_gelu_bwd(
     stream: &Stream,
@@ -103,6 +104,24 @@ pub(crate) fn bias_gelu_bwd(
     cols: usize,
 ) -> Result<()> {
     let sfx = suffix("bias_gelu_bwd", x.dtype())?;
+    // dbias first: it reads dy, which the dx kernel may overwrite when dx == dy.
+    if let Some(db) = dbias {
+        let c = FtBiasGeluDbiasParams {
+            dy: ptr(s, dy),
+            x: ptr(s, x),
+            bias: ptr(s, bias),
+            dbias: ptr(s, db),
+            rows: rows as u64,
+            cols: cols as u64,
+        };
+        launch(
+            stream,
+            s,
+            &format!("ft_bias_gelu_dbias_{sfx}"),
+            &c,
+            grid_for(cols),
+        )?;
+    }
     let p = FtBiasGeluBwdParams {
         dy: ptr(s, dy),
         x: ptr(s, x),
@@ -118,20 +137,5 @@ pub(crate) fn bias_gelu_bwd(
         &p,
         grid_for(rows * cols),
     )?;
-    if let Some(db) = dbias {
-        let c = FtColumnSumParams {
-            x: ptr(s, dx),
-            out: ptr(s, db),
-            rows: rows as u64,
-            cols: cols as u64,
-        };
-        launch(
-            stream,
-            s,
-            &format!("ft_column_sum_{sfx}"),
-            &c,
-            grid_for(cols),
-        )?;
-    }
     Ok(())
 }

@@ -1,0 +1,123 @@
+//! Launches of the elementwise kernels (`kernels/elementwise/`) on the emulator, with the same
+//! parameter structs and launch shapes as the CUDA backend.
+
+use crate::backend::cuda::elementwise::{grid_for, suffix, BLOCK, MODULE};
+use crate::error::Result;
+use crate::kernels::abi::{FtBiasGeluBwdParams, FtBiasGeluDbiasParams, FtBiasGeluFwdParams};
+use crate::stream::Stream;
+use crate::tensor::Tensor;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// The bytes of a kernel parameter struct, as the kernel's `.param` space holds them.
+fn param_bytes<P: Copy>(p: &P) -> Vec<u8> {
+    let n = std::mem::size_of::<P>();
+    // SAFETY: `P` is one of the `#[repr(C)]` plain-old-data parameter structs bindgen made from
+    // `kernels/include/ferrotron_params.h` (pointers and u64s, no padding bytes: every field is
+    // 8 bytes), so all `n` bytes are initialised and reading them as `u8` is sound.
+    let bytes = unsafe { std::slice::from_raw_parts((p as *const P).cast::<u8>(), n) };
+    bytes.to_vec()
+}
+
+fn ptr(t: &Tensor) -> *mut c_void {
+    t.buffer().emu().addr() as usize as *mut c_void
+}
+
+fn enqueue(
+    stream: &Stream,
+    op: &'static str,
+    launches: Vec<(String, Vec<u8>, u32)>,
+    keep: Vec<Arc<crate::tensor::Buffer>>,
+) {
+    let dev = stream
+        .device()
+        .emu_state()
+        .expect("emu stream on an emu device")
+        .clone();
+    stream.push_host(op, move || {
+        let _keep = keep;
+        for (function, params, grid) in &launches {
+            dev.launch(MODULE, function, params, *grid, BLOCK)?;
+        }
+        Ok(())
+    });
+}
+
+/// `y = gelu(x + bias)` on the emulator.
+pub(crate) fn bias_gelu_fwd(
+    stream: &Stream,
+    x: &Tensor,
+    bias: &Tensor,
+    y: &Tensor,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let sfx = suffix("bias_gelu_fwd", x.dtype())?;
+    let p = FtBiasGeluFwdParams {
+        x: ptr(x),
+        bias: ptr(bias),
+        y: ptr(y),
+        rows: rows as u64,
+        cols: cols as u64,
+    };
+    let launches = vec![(
+        format!("ft_bias_gelu_fwd_{sfx}"),
+        param_bytes(&p),
+        grid_for(rows * cols).grid_dim.0,
+    )];
+    let keep = [x, bias, y].iter().map(|t| t.buffer().clone()).collect();
+    enqueue(stream, "bias_gelu_fwd", launches, keep);
+    Ok(())
+}
+
+/// dbias (f32 column sums of `dy * gelu'(x + bias)`), then `dx`, on the emulator.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bias_gelu_bwd(
+    stream: &Stream,
+    dy: &Tensor,
+    x: &Tensor,
+    bias: &Tensor,
+    dx: &Tensor,
+    dbias: Option<&Tensor>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let sfx = suffix("bias_gelu_bwd", x.dtype())?;
+    let mut launches = Vec::new();
+    let mut keep: Vec<_> = [dy, x, bias, dx]
+        .iter()
+        .map(|t| t.buffer().clone())
+        .collect();
+    // dbias first, as on the GPU (it reads dy, which dx may alias).
+    if let Some(db) = dbias {
+        let c = FtBiasGeluDbiasParams {
+            dy: ptr(dy),
+            x: ptr(x),
+            bias: ptr(bias),
+            dbias: ptr(db),
+            rows: rows as u64,
+            cols: cols as u64,
+        };
+        launches.push((
+            format!("ft_bias_gelu_dbias_{sfx}"),
+            param_bytes(&c),
+            grid_for(cols).grid_dim.0,
+        ));
+        keep.push(db.buffer().clone());
+    }
+    let p = FtBiasGeluBwdParams {
+        dy: ptr(dy),
+        x: ptr(x),
+        bias: ptr(bias),
+        dx: ptr(dx),
+        rows: rows as u64,
+        cols: cols as u64,
+    };
+    launches.push((
+        format!("ft_bias_gelu_bwd_{sfx}"),
+        param_bytes(&p),
+        grid_for(rows * cols).grid_dim.0,
+    ));
+    enqueue(stream, "bias_gelu_bwd", launches, keep);
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! The emu backend: the CUDA backend's model (device buffers, streams, events, modules loaded
+//! from the embedded PTX, kernel launches) over `ptx-emu`, our PTX interpreter. The same kernels
+//! that ship in the fatbin run here from their sm_80 PTX, so every CUDA kernel is checked
+//! against its CPU reference on machines without a GPU.
+//!
+//! - Every emu device lives in one process-wide [`ptx_emu::Memory`] (one address space, one
+//!   range per ordinal), so several emulated GPUs can address each other's buffers once peer
+//!   access is enabled ([`crate::Device::enable_peer_access`]).
+//! - A stream is a CPU worker queue, like the CPU backend's; a kernel launch is a task on it that
+//!   runs the interpreter to completion. A kernel fault (out-of-bounds, uninitialised read,
+//!   shared-memory race, deadlock) fails the stream with [`crate::Error::Emu`].
+//! - Buffers are allocated in the emulator's memory; [`crate::Tensor::poisoned`] marks its bytes
+//!   poisoned, so a kernel that reads an output before writing it is reported.
+
+pub mod elementwise;
+
+use crate::error::{Error, Result};
+use ptx_emu::{Checks, LaunchConfig, LoadedModule, Memory, Metrics, Module};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The one address space of every emulated device in this process.
+pub(crate) fn memory() -> &'static Memory {
+    static MEMORY: OnceLock<Memory> = OnceLock::new();
+    MEMORY.get_or_init(Memory::new)
+}
+
+/// Options of the emulated devices.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmuOptions {
+    /// Seed of the thread interleaving (vary it to shake out ordering bugs). Default: the
+    /// `FERROTRON_EMU_SEED` environment variable, else 0.
+    pub seed: u64,
+    /// The sanitizer checks run on every launch.
+    pub checks: Checks,
+}
+
+impl Default for EmuOptions {
+    fn default() -> Self {
+        let seed = std::env::var("FERROTRON_EMU_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        EmuOptions {
+            seed,
+            checks: Checks::default(),
+        }
+    }
+}
+
+/// One emulated GPU: its ordinal and the modules loaded on it.
+pub(crate) struct EmuDevice {
+    ordinal: u32,
+    options: EmuOptions,
+    modules: Mutex<HashMap<String, LoadedModule>>,
+    metrics: Mutex<Metrics>,
+}
+
+impl EmuDevice {
+    pub fn new(ordinal: usize, options: EmuOptions) -> Result<EmuDevice> {
+        let ordinal = u32::try_from(ordinal)
+            .ok()
+            .filter(|&o| o < 64)
+            .ok_or(Error::NoEmuDevice { ordinal })?;
+        Ok(EmuDevice {
+            ordinal,
+            options,
+            modules: Mutex::new(HashMap::new()),
+            metrics: Mutex::new(Metrics::default()),
+        })
+    }
+
+    /// Lets kernels on this device access memory of emulated device `peer`.
+    pub fn enable_peer_access(&self, peer: u32) {
+        memory().enable_peer_access(self.ordinal, peer);
+    }
+
+    /// The embedded image `module` parsed and loaded on this device (once).
+    fn module(&self, module: &str) -> Result<LoadedModule> {
+        let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = mods.get(module) {
+            return Ok(m.clone());
+        }
+        let image = crate::kernels::image(module)?;
+        let parsed = Module::parse(image.ptx).map_err(|e| Error::Emu {
+            kernel: module.to_string(),
+            error: e,
+        })?;
+        let loaded = parsed
+            .load(memory(), self.ordinal)
+            .map_err(|e| Error::Emu {
+                kernel: module.to_string(),
+                error: e,
+            })?;
+        mods.insert(module.to_string(), loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Runs `function` of image `module` with the parameter bytes `params` (synchronously: call
+    /// it from a stream task).
+    pub fn launch(
+        &self,
+        module: &str,
+        function: &str,
+        params: &[u8],
+        grid: u32,
+        block: u32,
+    ) -> Result<()> {
+        let m = self.module(module)?;
+        let cfg = LaunchConfig {
+            grid: [grid, 1, 1],
+            block: [block, 1, 1],
+            seed: self.options.seed,
+            checks: self.options.checks,
+            ..LaunchConfig::default()
+        };
+        let metrics = m.launch(function, params, &cfg).map_err(|e| Error::Emu {
+            kernel: function.to_string(),
+            error: e,
+        })?;
+        self.metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .merge(&metrics);
+        Ok(())
+    }
+
+    /// The counters summed over every launch on this device so far.
+    pub fn metrics(&self) -> Metrics {
+        self.metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Allocates `bytes` and fills them with `data` (or poisons them when `poison`).
+    pub fn upload(&self, data: &[u8], poison: bool) -> Result<EmuMem> {
+        let mem = memory();
+        let addr = mem
+            .alloc(self.ordinal, data.len() as u64)
+            .map_err(emu_memory_error)?;
+        if poison {
+            mem.poison(addr, data.len() as u64)
+        } else {
+            mem.write(addr, data)
+        }
+        .map_err(emu_memory_error)?;
+        Ok(EmuMem {
+            addr,
+            len: data.len(),
+        })
+    }
+}
+
+fn emu_memory_error(e: ptx_emu::EmuError) -> Error {
+    Error::Emu {
+        kernel: "(memory)".to_string(),
+        error: e,
+    }
+}
+
+/// One buffer in the emulator's memory; freed on drop (every stream task that uses the buffer
+/// holds the tensor's buffer alive, so the free comes after the last use).
+pub(crate) struct EmuMem {
+    addr: u64,
+    len: usize,
+}
+
+impl EmuMem {
+    /// The device address.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// Copies the buffer out (call from a stream task).
+    pub fn download(&self, out: &mut [u8]) -> Result<()> {
+        debug_assert_eq!(out.len(), self.len);
+        memory()
+            .read_bytes(self.addr, out)
+            .map_err(emu_memory_error)
+    }
+
+    /// Overwrites the buffer (call from a stream task).
+    pub fn upload(&self, data: &[u8]) -> Result<()> {
+        memory().write(self.addr, data).map_err(emu_memory_error)
+    }
+}
+
+impl Drop for EmuMem {
+    fn drop(&mut self) {
+        let _ = memory().free(self.addr);
+    }
+}
+
+/// Shared handle used by [`crate::Device`].
+pub(crate) type EmuHandle = Arc<EmuDevice>;

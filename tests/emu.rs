@@ -1,0 +1,149 @@
+//! The emu backend: the shipped kernels' sm_80 PTX interpreted by ptx-emu, through the same
+//! ferrotron API as a GPU, against the f64 references; and the opcode gate (every opcode form
+//! nvcc emits for `kernels/` must be implemented by the emulator).
+//!
+//! Without kernels (built without nvcc) each test prints why it skipped; with
+//! `FERROTRON_REQUIRE_KERNELS=1` (CI) a missing image fails instead.
+
+mod common;
+
+use common::watchdog;
+use ferrotron::{check, kernels, ops, DType, Device, Error, Tensor};
+
+fn kernels_or_skip(test: &str) -> bool {
+    if kernels::kernels_built() {
+        return true;
+    }
+    if std::env::var("FERROTRON_REQUIRE_KERNELS").as_deref() == Ok("1") {
+        panic!("{test}: FERROTRON_REQUIRE_KERNELS=1 but the kernels were not built");
+    }
+    eprintln!("SKIP {test}: the kernels were not built (no nvcc at build time)");
+    false
+}
+
+/// The CI gate: every embedded image parses and decodes on the emulator, i.e. every opcode form
+/// nvcc emitted for `kernels/` is implemented. Prints the forms per image.
+#[test]
+fn every_opcode_form_nvcc_emits_is_implemented() {
+    if !kernels_or_skip("opcode_gate") {
+        return;
+    }
+    assert!(!kernels::images().is_empty());
+    for img in kernels::images() {
+        let m = ptx_emu::Module::parse(img.ptx).unwrap_or_else(|e| {
+            panic!(
+                "kernels/{}.cu: the emulator cannot run nvcc's PTX: {e}",
+                img.name
+            )
+        });
+        let forms = m.opcode_forms();
+        eprintln!(
+            "{}: {} kernels, {} opcode forms: {}",
+            img.name,
+            m.kernel_names().len(),
+            forms.len(),
+            forms.keys().cloned().collect::<Vec<_>>().join(" ")
+        );
+        assert_eq!(m.kernel_names().len(), img.entries().len(), "{}", img.name);
+    }
+}
+
+#[test]
+fn bias_gelu_kernels_match_the_reference_on_the_emulator() {
+    if !kernels_or_skip("emu_bias_gelu") {
+        return;
+    }
+    watchdog(300, "emu_bias_gelu", || {
+        let dev = Device::emu(0).unwrap();
+        for seed in [21u64, 22] {
+            let report = check::run(std::slice::from_ref(&dev), seed);
+            let rows: Vec<_> = report
+                .rows
+                .iter()
+                .filter(|r| r.op.starts_with("bias_gelu"))
+                .collect();
+            // fwd: 4 shapes x 2 dtypes; bwd: dx and dbias for the same.
+            assert!(rows.len() >= 24, "bias_gelu rows on emu: {}", rows.len());
+            assert!(rows.iter().all(|r| r.backend == "emu:0"));
+            assert!(report.failures().is_empty(), "{}", report.table());
+            // Ops without a kernel yet are reported as notes, never as passes.
+            assert!(
+                report.notes.iter().any(|n| n.contains("gemm")),
+                "{:?}",
+                report.notes
+            );
+        }
+        let m = dev.emu_metrics().expect("emu device");
+        assert!(
+            m.thread_instructions > 0 && m.global_load_requests > 0,
+            "{m}"
+        );
+    });
+}
+
+/// Odd sizes (not a multiple of the block, odd column counts that force the scalar bf16 path),
+/// several interleaving seeds, poisoned outputs.
+#[test]
+fn bias_gelu_on_the_emulator_for_odd_sizes_and_seeds() {
+    if !kernels_or_skip("emu_bias_gelu_odd") {
+        return;
+    }
+    watchdog(300, "emu_bias_gelu_odd", || {
+        for seed in [1u64, 7, 1234] {
+            let dev = Device::emu_with(
+                0,
+                Default::default(),
+                ferrotron::backend::emu::EmuOptions {
+                    seed,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let s = dev.new_stream().unwrap();
+            for (rows, cols, dtype) in [
+                (3usize, 257usize, DType::F32),
+                (5, 33, DType::BF16),
+                (2, 130, DType::BF16),
+            ] {
+                let n = rows * cols;
+                let xv = ferrotron::verify::random_vec(seed, n, -3.0, 3.0);
+                let bv = ferrotron::verify::random_vec(seed + 1, cols, -1.0, 1.0);
+                let x = Tensor::from_f64(&dev, &xv, [rows, cols], dtype).unwrap();
+                let b = Tensor::from_f64(&dev, &bv, [cols], dtype).unwrap();
+                let mut y = Tensor::poisoned(&dev, [rows, cols], dtype).unwrap();
+                ops::bias_gelu_fwd(&s, &x, &b, &mut y).unwrap();
+                let got = y.to_f64_vec(&s).unwrap();
+                let xr = x.to_f64_vec(&s).unwrap();
+                let br = b.to_f64_vec(&s).unwrap();
+                let want = ferrotron::reference::bias_gelu::bias_gelu_fwd_ref(rows, cols, &xr, &br);
+                let tol = ferrotron::verify::Tolerance::for_dtype(dtype);
+                let c = ferrotron::verify::compare(&got, &want, tol);
+                assert!(c.pass, "{rows}x{cols} {dtype} seed {seed}: {c}");
+            }
+        }
+    });
+}
+
+#[test]
+fn emu_rejects_ops_without_kernels_and_foreign_tensors() {
+    let dev = Device::emu(0).unwrap();
+    let s = dev.new_stream().unwrap();
+    let a = Tensor::zeros(&dev, [4, 4], DType::F32).unwrap();
+    let b = Tensor::zeros(&dev, [4, 4], DType::F32).unwrap();
+    let mut c = Tensor::zeros(&dev, [4, 4], DType::F32).unwrap();
+    let e = ops::gemm(&s, &a, &b, &mut c, &ops::Gemm::default())
+        .expect_err("no gemm kernel on emu yet");
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    let cpu = Tensor::zeros(&Device::cpu(), [4], DType::F32).unwrap();
+    let mut y = Tensor::zeros(&dev, [4, 4], DType::F32).unwrap();
+    let e = ops::bias_gelu_fwd(&s, &a, &cpu, &mut y).unwrap_err();
+    assert!(matches!(e, Error::DeviceMismatch { .. }), "{e}");
+    assert!(matches!(
+        Device::emu(64).unwrap_err(),
+        Error::NoEmuDevice { ordinal: 64 }
+    ));
+    // Round trip through the emulator's memory.
+    let mut t = Tensor::zeros(&dev, [3], DType::F32).unwrap();
+    t.copy_from_slice(&s, &[1.0f32, -2.0, 3.5]).unwrap();
+    assert_eq!(t.to_vec::<f32>(&s).unwrap(), vec![1.0, -2.0, 3.5]);
+}
