@@ -2,6 +2,7 @@
 //! each with its baseline measured in the same run.
 
 pub mod comm;
+pub mod emu;
 
 /// Parses a byte size such as `1K`, `16M`, `1G` or `4096` (binary multiples).
 pub fn parse_size(s: &str) -> Option<usize> {

@@ -43,6 +43,26 @@ enum Command {
         #[arg(long, default_value_t = 0x5eed)]
         seed: u64,
     },
+    /// Run a kernel-backed op on the PTX emulator and print exact Nsight-Compute-like counters
+    /// (instructions, sectors per request, bank conflicts, bytes, FLOPs) with roofline
+    /// estimates for H100 SXM and A100 SXM.
+    Profile {
+        /// bias_gelu_fwd or bias_gelu_bwd.
+        #[arg(long, default_value = "bias_gelu_fwd")]
+        op: String,
+        /// Rows (tokens).
+        #[arg(long, default_value_t = 256)]
+        rows: usize,
+        /// Columns (hidden / tp).
+        #[arg(long, default_value_t = 1024)]
+        cols: usize,
+        /// f32 or bf16.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        /// Seed of the inputs.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -160,6 +180,36 @@ fn bench_comm(what: BenchWhat) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Profile {
+            op,
+            rows,
+            cols,
+            dtype,
+            seed,
+        } => {
+            let dtype = match dtype.as_str() {
+                "f32" => DType::F32,
+                "bf16" => DType::BF16,
+                other => {
+                    eprintln!("ferrotron profile: unsupported --dtype {other} (f32 or bf16)");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match ferrotron::bench::emu::profile(&op, rows, cols, dtype, seed) {
+                Ok(p) => {
+                    print!("{}", p.report());
+                    if p.check.iter().all(|(_, c)| c.pass) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("ferrotron profile: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Bench { what } => match bench_comm(what) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
