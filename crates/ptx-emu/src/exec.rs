@@ -26,8 +26,8 @@ use crate::memory::{self, View, INIT, LOCAL_GENERIC_BASE, PENDING, SHARED_GENERI
 use crate::metrics::Metrics;
 use crate::numerics::{self as nx, DivMode, FloatRound};
 use crate::program::{
-    Addr, AtomOp, Base, BoolOp, Cmp, FloatOp, Inst, IntCmp, IntOp, Kernel, Op, ShflMode, Src, Sreg,
-    VoteMode,
+    Addr, AtomOp, Base, BoolOp, Class, Cmp, FloatOp, Inst, IntCmp, IntOp, Kernel, Op, ShflMode,
+    Src, Sreg, VoteMode,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -186,6 +186,7 @@ pub(crate) struct Launch<'a> {
     pub globals: &'a [u64],
     pub cfg: &'a LaunchConfig,
     metrics: Metrics,
+    class_counts: [u64; 12],
     executed: u64,
     nthreads: u32,
     ninst: usize,
@@ -286,6 +287,7 @@ impl<'a> Launch<'a> {
             globals,
             cfg,
             metrics: Metrics::default(),
+            class_counts: [0; 12],
             executed: 0,
             nthreads: nthreads as u32,
             ninst: kernel.insts.len(),
@@ -354,6 +356,11 @@ impl<'a> Launch<'a> {
             self.run_wave(&mut ctas, &mut rng)?;
             for c in &ctas {
                 self.finish_cta(c);
+            }
+        }
+        for (i, &n) in self.class_counts.iter().enumerate() {
+            if n > 0 {
+                self.metrics.by_class.insert(Class::ALL[i], n);
             }
         }
         Ok(self.metrics)
@@ -518,14 +525,17 @@ impl<'a> Launch<'a> {
 
     // ---- registers --------------------------------------------------------------------------
 
+    #[inline]
     fn reg(&self, c: &Cta, t: usize, r: u32) -> u64 {
         c.regs[t * self.kernel.num_regs as usize + r as usize]
     }
 
+    #[inline]
     fn set(&self, c: &mut Cta, t: usize, r: u32, v: u64) {
         c.regs[t * self.kernel.num_regs as usize + r as usize] = v;
     }
 
+    #[inline]
     fn sreg(&self, c: &Cta, t: usize, s: Sreg) -> u64 {
         let th = &c.threads[t];
         let lane = th.linear % 32;
@@ -559,6 +569,7 @@ impl<'a> Launch<'a> {
         }
     }
 
+    #[inline]
     fn val(&self, c: &Cta, t: usize, s: Src) -> u64 {
         match s {
             Src::Reg(r) => self.reg(c, t, r),
@@ -569,6 +580,7 @@ impl<'a> Launch<'a> {
         }
     }
 
+    #[inline]
     fn addr(&self, c: &Cta, t: usize, a: &Addr) -> u64 {
         let base = match a.base {
             Base::Reg(r) => self.reg(c, t, r),
@@ -1234,7 +1246,7 @@ impl<'a> Launch<'a> {
         let inst = &self.kernel.insts[pc as usize];
         c.threads[t].icount += 1;
         c.exec[t * self.ninst + pc as usize] += 1;
-        *self.metrics.by_class.entry(inst.class).or_default() += 1;
+        self.class_counts[inst.class as usize] += 1;
         if let Some((p, neg)) = inst.guard {
             let v = self.reg(c, t, p) & 1 == 1;
             if v == neg {

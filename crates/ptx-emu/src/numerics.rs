@@ -2507,6 +2507,21 @@ mod tests {
     }
 
     #[test]
+    fn numerics_f64_to_f16_single_rounding() {
+        // 1980.50006 ulps above 1.0: rounding through f32 would create a tie and give 0x3FBC.
+        let x = 1.934_082_090_854_644_8;
+        assert_eq!(f64_to_f16(x, Rn, false, false), 0x3FBD);
+        assert_eq!(
+            f64_to_f16(1.0 + 956.5 * p2(-10) + p2(-40), Rn, false, false),
+            0x3FBD
+        );
+        assert_eq!(f64_to_f16(1.0 + 956.5 * p2(-10), Rn, false, false), 0x3FBC);
+        // fma.rn.f16: exact value 2.10058581829..., nearer to 0x4033 (2.099609375) than to
+        // 0x4034 (2.1015625) by 2.4e-8; rounding through f32 first would give 0x4034.
+        assert_eq!(fma_f16(0x2486, 0x4595, 0x4001, false), 0x4033);
+    }
+
+    #[test]
     fn numerics_f16x2() {
         assert_eq!(
             add_f16x2(pack(hf(1.0), hf(2.0)), pack(hf(0.5), hf(-3.0)), false),
@@ -2635,8 +2650,90 @@ mod tests {
         Ok(())
     }
 
+    /// Independent check of `f64 -> f16/bf16` in every mode: `.rm`/`.rp` bracket `x` with
+    /// adjacent encodings, `.rz` is the one towards zero and `.rn` the nearer one (ties to the
+    /// even encoding). (`half`'s `from_f64` rounds through `f32`, so it is not a reference.)
+    fn check_half_modes(x: f64, is_bf: bool) -> Result<(), TestCaseError> {
+        let conv = |m| {
+            if is_bf {
+                f64_to_bf16(x, m, false, false)
+            } else {
+                f64_to_f16(x, m, false, false)
+            }
+        };
+        let dec = |h: u16| {
+            if is_bf {
+                f64::from(bf16_to_f32(h))
+            } else {
+                f64::from(f16_to_f32(h))
+            }
+        };
+        let [rn, rz, rm, rp] = MODES.map(conv);
+        let (lo, hi) = (dec(rm), dec(rp));
+        prop_assert!(lo <= x && x <= hi, "{x:e}: {lo:e} {hi:e}");
+        prop_assert_eq!(rz, if x.is_sign_negative() { rp } else { rm });
+        if lo == hi {
+            prop_assert_eq!(lo, x);
+            prop_assert_eq!(rn, rm);
+            return Ok(());
+        }
+        let next = |h: u16| match h {
+            0x8000 => 0x0001,
+            h if h & 0x8000 == 0 => h + 1,
+            h => h - 1,
+        };
+        prop_assert_eq!(dec(next(rm)), hi);
+        let max = dec(if is_bf { 0x7F7F } else { 0x7BFF });
+        if x.abs() <= max {
+            let (dl, dh) = (x - lo, hi - x);
+            let want = match dl.partial_cmp(&dh) {
+                Some(Ordering::Less) => rm,
+                Some(Ordering::Greater) => rp,
+                _ if rm & 1 == 0 => rm,
+                _ => rp,
+            };
+            prop_assert_eq!(rn, want, "{:e}", x);
+        }
+        Ok(())
+    }
+
+    /// f64 values around the half-precision ranges (subnormal to overflow).
+    fn half_range_f64() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            (any::<bool>(), -30i32..18, any::<u64>()).prop_map(|(s, e, m)| {
+                f64::from_bits(
+                    (u64::from(s) << 63) | (((e + 1023) as u64) << 52) | (m & 0xF_FFFF_FFFF_FFFF),
+                )
+            }),
+            (any::<bool>(), -140i32..130, any::<u64>()).prop_map(|(s, e, m)| {
+                f64::from_bits(
+                    (u64::from(s) << 63) | (((e + 1023) as u64) << 52) | (m & 0xF_FFFF_FFFF_FFFF),
+                )
+            }),
+            // Near ties: a few bits right after the half-precision rounding position.
+            (any::<bool>(), -30i32..130, any::<u16>(), 0u64..8).prop_map(|(s, e, m, t)| {
+                f64::from_bits(
+                    (u64::from(s) << 63)
+                        | (((e + 1023) as u64) << 52)
+                        | (u64::from(m) << 36)
+                        | (t << 30),
+                )
+            }),
+        ]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn numerics_prop_f64_to_half_modes(x in half_range_f64()) {
+            check_half_modes(x, false)?;
+            check_half_modes(x, true)?;
+            // Single rounding from f32 agrees with the `half` crate.
+            let y = x as f32;
+            prop_assert_eq!(f64_to_f16(f64::from(y), Rn, false, false), half::f16::from_f32(y).to_bits());
+            prop_assert_eq!(f64_to_bf16(f64::from(y), Rn, false, false), half::bf16::from_f32(y).to_bits());
+        }
 
         #[test]
         fn numerics_prop_f32_rn_matches_native(a in finite_f32(), b in finite_f32(), c in finite_f32()) {
@@ -2796,7 +2893,6 @@ mod tests {
 
             prop_assert_eq!(f32_to_f16(y, Rn, false, false), half::f16::from_f32(y).to_bits());
             prop_assert_eq!(f32_to_bf16(y, Rn, false, false), half::bf16::from_f32(y).to_bits());
-            prop_assert_eq!(f64_to_f16(x, Rn, false, false), half::f16::from_f64(x).to_bits());
             let h = MODES.map(|m| f16_to_f32(f32_to_f16(y, m, false, false)));
             check_order_f32(h)?;
             let bh = MODES.map(|m| bf16_to_f32(f32_to_bf16(y, m, false, false)));
@@ -2832,16 +2928,23 @@ mod tests {
         fn numerics_prop_half_ops(a in any::<u16>(), b in any::<u16>(), c in any::<u16>()) {
             for (fmt, is_bf) in [(BF16, true), (F16, false)] {
                 let dec = |h: u16| half_decode(fmt, h);
-                // Reference single rounding: `half::f16::from_f64` rounds directly, but
-                // `half::bf16::from_f64` goes through f32 (double rounding), so for bf16 only
-                // values exact in f32 are checked.
-                let enc = |x: f64| -> Option<u16> {
-                    if !is_bf {
-                        Some(half::f16::from_f64(x).to_bits())
-                    } else if f64::from(x as f32) == x {
-                        Some(half::bf16::from_f32(x as f32).to_bits())
+                // `f64_to_*` is checked independently by `check_half_modes`; `half::*::from_f32`
+                // is a second reference when the value is exact in f32.
+                let conv = |v: f64| {
+                    if is_bf {
+                        f64_to_bf16(v, Rn, false, false)
                     } else {
+                        f64_to_f16(v, Rn, false, false)
+                    }
+                };
+                let ref32 = |v: f64| -> Option<u16> {
+                    let w = v as f32;
+                    if f64::from(w) != v {
                         None
+                    } else if is_bf {
+                        Some(half::bf16::from_f32(w).to_bits())
+                    } else {
+                        Some(half::f16::from_f32(w).to_bits())
                     }
                 };
                 let (x, y, z) = (dec(a), dec(b), dec(c));
@@ -2850,25 +2953,32 @@ mod tests {
                 } else {
                     (add_f16(a, b, false), mul_f16(a, b, false), fma_f16(a, b, c, false))
                 };
-                // Sums and products of two halves are exact in f64 (or round harmlessly).
+                // Compare whenever the f64 evaluation is exact (then it is a single rounding).
                 let s = x + y;
                 if s.is_nan() {
                     prop_assert_eq!(add, 0x7FFF);
-                } else if let Some(want) = enc(s) {
-                    prop_assert_eq!(add, want);
+                } else if s.is_infinite() || two_sum(x, y).1 == 0.0 {
+                    prop_assert_eq!(add, conv(s));
+                    if let Some(w) = ref32(s) {
+                        prop_assert_eq!(add, w);
+                    }
                 }
-                let p = x * y;
+                let p = x * y; // always exact in f64
                 if p.is_nan() {
                     prop_assert_eq!(mul, 0x7FFF);
-                } else if let Some(want) = enc(p) {
-                    prop_assert_eq!(mul, want);
+                } else {
+                    prop_assert_eq!(mul, conv(p));
+                    if let Some(w) = ref32(p) {
+                        prop_assert_eq!(mul, w);
+                    }
                 }
                 let r = x.mul_add(y, z);
                 if r.is_nan() {
                     prop_assert_eq!(fma, 0x7FFF);
-                } else if r.is_finite() && p.is_finite() && two_sum(p, z).1 == 0.0 {
-                    if let Some(want) = enc(r) {
-                        prop_assert_eq!(fma, want);
+                } else if r.is_finite() && two_sum(p, z).1 == 0.0 {
+                    prop_assert_eq!(fma, conv(r));
+                    if let Some(w) = ref32(r) {
+                        prop_assert_eq!(fma, w);
                     }
                 }
             }

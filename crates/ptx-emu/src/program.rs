@@ -526,6 +526,24 @@ pub enum Class {
     Tensor,
 }
 
+impl Class {
+    /// Every class, in declaration order (`Class::ALL[c as usize] == c`).
+    pub const ALL: [Class; 12] = [
+        Class::Integer,
+        Class::Fp32,
+        Class::Fp64,
+        Class::Fp16,
+        Class::Special,
+        Class::Conversion,
+        Class::GlobalMemory,
+        Class::SharedMemory,
+        Class::OtherMemory,
+        Class::Control,
+        Class::Sync,
+        Class::Tensor,
+    ];
+}
+
 /// One instruction.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Inst {
