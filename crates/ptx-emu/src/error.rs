@@ -82,7 +82,7 @@ pub enum EmuError {
         /// `global`, `shared`, `local`, `param`.
         space: &'static str,
         /// Where.
-        site: Site,
+        site: Box<Site>,
         /// The allocation the access missed (nearest one), described.
         nearest: String,
     },
@@ -98,7 +98,7 @@ pub enum EmuError {
         /// The state space.
         space: &'static str,
         /// Where.
-        site: Site,
+        site: Box<Site>,
     },
     /// A read of memory that was never written (or was poisoned, or is the target of a
     /// `cp.async` not yet waited for).
@@ -113,7 +113,7 @@ pub enum EmuError {
         /// The state space.
         space: &'static str,
         /// Where.
-        site: Site,
+        site: Box<Site>,
     },
     /// Two threads of one CTA touched the same shared-memory bytes between two barriers, at
     /// least one of them writing.
@@ -122,11 +122,11 @@ pub enum EmuError {
         /// Byte offset in the CTA's shared memory.
         offset: u64,
         /// The earlier access's site.
-        first: Site,
+        first: Box<Site>,
         /// `read` / `write`.
         first_access: &'static str,
         /// The later access's site.
-        second: Site,
+        second: Box<Site>,
         /// `read` / `write`.
         second_access: &'static str,
     },
@@ -163,7 +163,7 @@ pub enum EmuError {
         /// What happened.
         why: String,
         /// Where.
-        site: Site,
+        site: Box<Site>,
     },
     /// Host-side memory API misuse (free of an unknown address, copy out of range).
     #[error("memory API: {0}")]

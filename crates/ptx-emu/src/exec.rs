@@ -512,15 +512,15 @@ impl<'a> Launch<'a> {
         }
     }
 
-    fn site(&self, c: &Cta, t: usize, pc: u32) -> Site {
+    fn site(&self, c: &Cta, t: usize, pc: u32) -> Box<Site> {
         let inst = &self.kernel.insts[pc as usize];
-        Site {
+        Box::new(Site {
             kernel: self.kernel.name.clone(),
             cta: c.index,
             thread: c.threads[t].tid,
             line: inst.line,
             instruction: self.kernel.forms[inst.form as usize].clone(),
-        }
+        })
     }
 
     // ---- registers --------------------------------------------------------------------------

@@ -469,10 +469,7 @@ impl Parser {
         let mut align = None;
         let mut vector = 1;
         let mut ty = None;
-        loop {
-            let Some(w) = self.peek_word().map(str::to_string) else {
-                break;
-            };
+        while let Some(w) = self.peek_word().map(str::to_string) {
             if w == ".align" {
                 self.pos += 1;
                 align = Some(self.int()? as u32);

@@ -1035,9 +1035,9 @@ impl<'m> Decoder<'m> {
                     let b = if nsrc >= 2 { s!(2, ty) } else { none };
                     let c = if nsrc >= 3 { s!(3, ty) } else { none };
                     let approx = m.has("approx");
-                    let class = if approx && ty == Type::F32 && fop != FloatOp::Div {
-                        Class::Special
-                    } else if fop == FloatOp::Tanh {
+                    let class = if (approx && ty == Type::F32 && fop != FloatOp::Div)
+                        || fop == FloatOp::Tanh
+                    {
                         Class::Special
                     } else {
                         class_for(ty)
