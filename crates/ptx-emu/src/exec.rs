@@ -148,6 +148,8 @@ enum ReqKind {
     GlobalLoad,
     GlobalStore,
     Shared,
+    /// One 8x8 matrix of an `ldmatrix` (each is its own shared-memory request, as on hardware).
+    SharedPhase(u8),
 }
 
 #[derive(Default)]
@@ -187,6 +189,8 @@ pub(crate) struct Launch<'a> {
     pub cfg: &'a LaunchConfig,
     metrics: Metrics,
     class_counts: [u64; 12],
+    /// Set while an `ldmatrix` reads matrix `i` (its rows form one request).
+    phase: Option<u8>,
     executed: u64,
     nthreads: u32,
     ninst: usize,
@@ -288,6 +292,7 @@ impl<'a> Launch<'a> {
             cfg,
             metrics: Metrics::default(),
             class_counts: [0; 12],
+            phase: None,
             executed: 0,
             nthreads: nthreads as u32,
             ninst: kernel.insts.len(),
@@ -419,6 +424,16 @@ impl<'a> Launch<'a> {
                         for r in released {
                             ready.push((s, r));
                         }
+                        // A warp collective waiting on this lane either completes without it or
+                        // names it as exited (Divergence).
+                        let warp = (t as usize / 32) * 32;
+                        let waiting = (warp..(warp + 32).min(cta.threads.len()))
+                            .find(|&l| cta.threads[l].state == TState::Collective);
+                        if let Some(l) = waiting {
+                            for r in self.try_collective(cta, l)? {
+                                ready.push((s, r));
+                            }
+                        }
                         break;
                     }
                 }
@@ -496,17 +511,21 @@ impl<'a> Launch<'a> {
                         m.global_store_sectors += items.len() as u64;
                     }
                 }
-                ReqKind::Shared => {
+                ReqKind::Shared | ReqKind::SharedPhase(_) => {
                     items.sort_unstable();
                     items.dedup();
                     let mut per_bank = [0u32; 32];
                     for it in &items {
                         per_bank[(it >> 59) as usize] += 1;
                     }
-                    let wavefronts = u64::from(per_bank.iter().copied().max().unwrap_or(0).max(1));
+                    // A wavefront serves at most one word per bank (128 bytes); a request needs
+                    // at least ceil(words / 32) of them (4 for a warp's 16-byte vector access).
+                    let ideal = (items.len() as u64).div_ceil(32).max(1);
+                    let worst = u64::from(per_bank.iter().copied().max().unwrap_or(0));
+                    let wavefronts = worst.max(ideal);
                     m.shared_requests += 1;
                     m.shared_wavefronts += wavefronts;
-                    m.shared_bank_conflicts += wavefronts - 1;
+                    m.shared_bank_conflicts += wavefronts - ideal;
                 }
             }
         }
@@ -814,7 +833,8 @@ impl<'a> Launch<'a> {
         // Banks: 32 banks of 4 bytes; one item per distinct word touched.
         for w in (addr / 4)..=((end - 1) / 4) {
             let bank = w % 32;
-            self.record_req(c, t, pc, ReqKind::Shared, (bank << 59) | w);
+            let kind = self.phase.map_or(ReqKind::Shared, ReqKind::SharedPhase);
+            self.record_req(c, t, pc, kind, (bank << 59) | w);
         }
         Ok(())
     }
@@ -827,6 +847,10 @@ impl<'a> Launch<'a> {
         range: std::ops::Range<usize>,
         write: bool,
     ) -> Result<()> {
+        if c.race.is_empty() {
+            // Racecheck off, or an atomic (atomics are not races): nothing to track.
+            return Ok(());
+        }
         let me = t as u32;
         let warp = me / 32;
         let epoch = c.epoch;
@@ -954,17 +978,10 @@ impl<'a> Launch<'a> {
                     })
                 }
                 TState::Collective if th.pc == pc => members.push(idx),
-                TState::Collective => {
-                    return Err(EmuError::Divergence {
-                        detail: format!(
-                            "lanes of one warp wait at different warp collectives (line {} and line {}): {}",
-                            inst.line,
-                            self.kernel.insts[th.pc as usize].line,
-                            self.site(c, t, pc)
-                        ),
-                    })
-                }
-                _ => return Ok(Vec::new()), // not everyone is here yet
+                // Not everyone is here yet (a lane still running, at a barrier, or completing
+                // another warp collective with a smaller mask first: wait; if it never comes,
+                // the deadlock detector names who waits where).
+                _ => return Ok(Vec::new()),
             }
         }
         self.exec_collective(c, &inst, pc, &members)?;
@@ -1020,7 +1037,7 @@ impl<'a> Launch<'a> {
                     let min_lane = lane & seg;
                     let (j, pval) = match mode {
                         ShflMode::Up => {
-                            let j = lane.wrapping_sub(bval & 0x1F) as i64;
+                            let j = i64::from(lane) - i64::from(bval & 0x1F);
                             (j, j >= i64::from(max_lane))
                         }
                         ShflMode::Down => {
@@ -1141,7 +1158,10 @@ impl<'a> Launch<'a> {
                         let m = warp_base + lane;
                         let (space, sa) = this.resolve(Space::Shared, a);
                         let mut buf = [0u8; 16];
-                        this.access(c, m, pc, space, sa, &mut buf, false, 16)?;
+                        this.phase = Some((lane / 8) as u8);
+                        let r = this.access(c, m, pc, space, sa, &mut buf, false, 16);
+                        this.phase = None;
+                        r?;
                         let mut row = [0u16; 8];
                         for (i, r) in row.iter_mut().enumerate() {
                             *r = u16::from_le_bytes([buf[2 * i], buf[2 * i + 1]]);
@@ -1306,13 +1326,26 @@ impl<'a> Launch<'a> {
                 rnd,
                 approx,
                 full,
+                nan,
                 ftz,
                 sat,
             } => {
                 let av = self.val(c, t, *a);
                 let bv = self.val(c, t, *b);
                 let cv = self.val(c, t, *cc);
-                let v = float_op(*op, *ty, av, bv, cv, *rnd, *approx, *full, *ftz, *sat);
+                let v = float_op(
+                    *op,
+                    *ty,
+                    [av, bv, cv],
+                    *rnd,
+                    FloatFlags {
+                        approx: *approx,
+                        full: *full,
+                        ftz: *ftz,
+                        sat: *sat,
+                        nan: *nan,
+                    },
+                );
                 self.metrics.flops += flops_of(*op, *ty);
                 self.set(c, t, *d, v);
             }
@@ -1692,6 +1725,16 @@ impl<'a> Launch<'a> {
                 };
                 self.set(c, t, *d, v);
             }
+            Op::ActiveMask { d } => {
+                let warp = (t / 32) * 32;
+                let mut mask = 0u64;
+                for l in warp..(warp + 32).min(c.threads.len()) {
+                    if c.threads[l].state != TState::Exited {
+                        mask |= 1 << (l - warp);
+                    }
+                }
+                self.set(c, t, *d, mask);
+            }
             Op::Trap => {
                 return Err(EmuError::Fault {
                     why: "trap".into(),
@@ -1960,6 +2003,15 @@ pub(crate) fn int_op(op: IntOp, ty: Type, a: u64, b: u64, c: u64, sat: bool) -> 
                 u64::from(63 - x.leading_zeros())
             }
         }
+        IntOp::BfindShift => {
+            // bfind.shiftamt: the left shift that moves the found bit to the msb.
+            let x = if signed && sa < 0 { !ua & m } else { ua };
+            if x == 0 {
+                0xFFFF_FFFF
+            } else {
+                u64::from(x.leading_zeros() - (64 - bits))
+            }
+        }
         IntOp::Sad => {
             let diff = if signed {
                 (sa - sb).unsigned_abs()
@@ -2024,20 +2076,32 @@ fn f32_to_h16(x: f32, bf16: bool) -> u16 {
     }
 }
 
+/// Modifiers of a float instruction.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FloatFlags {
+    pub approx: bool,
+    pub full: bool,
+    pub ftz: bool,
+    pub sat: bool,
+    pub nan: bool,
+}
+
 /// Float ops (PTX ISA 9.7.3 "Floating-Point Instructions", 9.7.4 half precision).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn float_op(
     op: FloatOp,
     ty: Type,
-    a: u64,
-    b: u64,
-    c: u64,
+    [a, b, c]: [u64; 3],
     rnd: Option<FloatRound>,
-    approx: bool,
-    full: bool,
-    ftz: bool,
-    sat: bool,
+    flags: FloatFlags,
 ) -> u64 {
+    let FloatFlags {
+        approx,
+        full,
+        ftz,
+        sat,
+        nan,
+    } = flags;
     let r = rnd.unwrap_or(FloatRound::Rn);
     match ty {
         Type::F32 => {
@@ -2057,8 +2121,8 @@ pub(crate) fn float_op(
                     };
                     nx::div_f32(x, y, mode, ftz)
                 }
-                FloatOp::Min => nx::min_f32(x, y, ftz, false),
-                FloatOp::Max => nx::max_f32(x, y, ftz, false),
+                FloatOp::Min => nx::min_f32(x, y, ftz, nan),
+                FloatOp::Max => nx::max_f32(x, y, ftz, nan),
                 FloatOp::Abs => {
                     let v = if ftz { nx::ftz_f32(x) } else { x };
                     f32::from_bits(v.to_bits() & 0x7FFF_FFFF)
@@ -2122,8 +2186,8 @@ pub(crate) fn float_op(
                     FloatOp::Sub => x - y,
                     FloatOp::Mul => x * y,
                     FloatOp::Fma => (f64::from(x).mul_add(f64::from(y), f64::from(z))) as f32,
-                    FloatOp::Min => nx::min_f32(x, y, false, false),
-                    FloatOp::Max => nx::max_f32(x, y, false, false),
+                    FloatOp::Min => nx::min_f32(x, y, false, nan),
+                    FloatOp::Max => nx::max_f32(x, y, false, nan),
                     FloatOp::Abs => x.abs(),
                     FloatOp::Neg => -x,
                     _ => f32::NAN,
@@ -2303,5 +2367,30 @@ fn atom_op(op: AtomOp, ty: Type, old: u64, b: u64, c: u64) -> u64 {
                 (old - 1) & m
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bfind_and_shiftamt() {
+        // PTX ISA bfind: position of the most significant non-sign bit; .shiftamt gives the
+        // left shift that brings it to the msb; no such bit -> 0xFFFFFFFF.
+        assert_eq!(int_op(IntOp::Bfind, Type::U32, 8, 0, 0, false), 3);
+        assert_eq!(int_op(IntOp::BfindShift, Type::U32, 8, 0, 0, false), 28);
+        assert_eq!(int_op(IntOp::BfindShift, Type::U64, 1, 0, 0, false), 63);
+        assert_eq!(int_op(IntOp::Bfind, Type::U32, 0, 0, 0, false), 0xFFFF_FFFF);
+        assert_eq!(
+            int_op(IntOp::BfindShift, Type::U32, 0, 0, 0, false),
+            0xFFFF_FFFF
+        );
+        // Signed: -1 has no non-sign bit; -2 (..1110) has bit 0.
+        assert_eq!(
+            int_op(IntOp::Bfind, Type::S32, 0xFFFF_FFFF, 0, 0, false),
+            0xFFFF_FFFF
+        );
+        assert_eq!(int_op(IntOp::Bfind, Type::S32, 0xFFFF_FFFE, 0, 0, false), 0);
     }
 }

@@ -10,8 +10,10 @@
 //!   instruction the same number of times are grouped). Global requests count the distinct
 //!   32-byte sectors their lanes touch (`sectors / requests` = coalescing: 4 for 32 lanes reading
 //!   consecutive f32). Shared requests count *wavefronts*: per request, the largest number of
-//!   distinct 4-byte words any one of the 32 banks must serve; `bank_conflicts` = wavefronts -
-//!   requests.
+//!   distinct 4-byte words any one of the 32 banks must serve, and at least ceil(words / 32)
+//!   (a wavefront moves 128 bytes); `bank_conflicts` = wavefronts - that minimum, so a
+//!   conflict-free 16-byte vector access counts 4 wavefronts and 0 conflicts. Each 8x8 matrix of
+//!   an `ldmatrix` is its own request.
 //! - `flops`: add/sub/mul = 1, fma = 2 per element (x2 types count both halves), `mma` =
 //!   2·M·N·K per warp.
 

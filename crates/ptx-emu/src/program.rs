@@ -168,6 +168,7 @@ pub enum IntOp {
     Clz,
     Brev,
     Bfind,
+    BfindShift,
     Sad,
 }
 
@@ -308,6 +309,8 @@ pub enum Op {
         full: bool,
         ftz: bool,
         sat: bool,
+        /// `min/max.NaN`: any NaN input gives the canonical NaN.
+        nan: bool,
     },
     /// `setp.cmp[.bool].ty p[|q], a, b[, c]`.
     Setp {
@@ -493,6 +496,8 @@ pub enum Op {
     },
     /// `trap`.
     Trap,
+    /// `activemask.b32 d`: the lanes of the warp that have not exited.
+    ActiveMask { d: u32 },
     /// Anything that has no effect in the interpreter (`nanosleep`, `pmevent`, prefetch...).
     Nop,
 }
@@ -1053,6 +1058,7 @@ impl<'m> Decoder<'m> {
                             rnd: m.frnd(),
                             approx,
                             full: m.has("full"),
+                            nan: m.has("NaN"),
                             ftz: m.has("ftz"),
                             sat: m.has("sat"),
                         },
@@ -1087,7 +1093,8 @@ impl<'m> Decoder<'m> {
                         "popc" => IntOp::Popc,
                         "clz" => IntOp::Clz,
                         "brev" => IntOp::Brev,
-                        "bfind" if !m.has("shiftamt") => IntOp::Bfind,
+                        "bfind" if m.has("shiftamt") => IntOp::BfindShift,
+                        "bfind" => IntOp::Bfind,
                         "sad" => IntOp::Sad,
                         _ => return Err(unsup(line, form)),
                     };
@@ -1104,7 +1111,8 @@ impl<'m> Decoder<'m> {
                         | IntOp::Popc
                         | IntOp::Clz
                         | IntOp::Brev
-                        | IntOp::Bfind => 1,
+                        | IntOp::Bfind
+                        | IntOp::BfindShift => 1,
                         _ => 2,
                     };
                     if m.has("sat")
@@ -1826,6 +1834,7 @@ impl<'m> Decoder<'m> {
                 )
             }
             "trap" => (Op::Trap, Class::Control),
+            "activemask" => (Op::ActiveMask { d: d!(0) }, Class::Sync),
             "nanosleep" | "pmevent" | "prefetch" | "prefetchu" => (Op::Nop, Class::Sync),
             _ => return Err(unsup(line, form)),
         })
