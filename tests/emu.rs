@@ -147,3 +147,30 @@ fn emu_rejects_ops_without_kernels_and_foreign_tensors() {
     t.copy_from_slice(&s, &[1.0f32, -2.0, 3.5]).unwrap();
     assert_eq!(t.to_vec::<f32>(&s).unwrap(), vec![1.0, -2.0, 3.5]);
 }
+
+/// A kernel fault surfaces through the ordinary API as a typed error: here the input was never
+/// written (a poisoned tensor), so the kernel's first load is an uninitialised read, reported
+/// with the kernel, thread, PTX line and address; the stream stays failed.
+#[test]
+fn a_kernel_reading_poisoned_memory_fails_the_stream_with_a_typed_error() {
+    if !kernels_or_skip("emu_poisoned_read") {
+        return;
+    }
+    watchdog(120, "emu_poisoned_read", || {
+        let dev = Device::emu(0).unwrap();
+        let s = dev.new_stream().unwrap();
+        let x = Tensor::poisoned(&dev, [4, 33], DType::F32).unwrap();
+        let b = Tensor::zeros(&dev, [33], DType::F32).unwrap();
+        let mut y = Tensor::poisoned(&dev, [4, 33], DType::F32).unwrap();
+        ops::bias_gelu_fwd(&s, &x, &b, &mut y).unwrap();
+        let e = s.synchronize().unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("ft_bias_gelu_fwd_f32") && msg.contains("poisoned"),
+            "{msg}"
+        );
+        assert!(msg.contains("ld.global"), "{msg}");
+        // Sticky: later work on the stream reports the failure too.
+        assert!(y.to_vec::<f32>(&s).is_err());
+    });
+}
