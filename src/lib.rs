@@ -23,6 +23,7 @@ pub mod dtype;
 pub mod error;
 pub mod kernels;
 pub mod ops;
+pub mod parallel;
 pub mod reference;
 pub mod shape;
 pub mod stream;

@@ -17,6 +17,7 @@ mod cross_entropy;
 mod gemm;
 pub(crate) mod launch;
 mod layernorm;
+pub mod shard;
 mod softmax;
 mod validate;
 

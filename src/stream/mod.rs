@@ -7,7 +7,7 @@
 //! worker thread; on CUDA it is a `CUstream`.
 //!
 //! In checked mode ([`crate::DeviceConfig::checked`]) every op's buffer accesses are checked
-//! against the happens-before order those events establish; see [`checked`].
+//! against the happens-before order those events establish (module `checked`).
 
 pub(crate) mod checked;
 pub(crate) mod cpu_queue;
