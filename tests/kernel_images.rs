@@ -16,8 +16,8 @@ const BIAS_GELU_ENTRIES: [&str; 6] = [
     "ft_bias_gelu_fwd_bf16",
     "ft_bias_gelu_bwd_f32",
     "ft_bias_gelu_bwd_bf16",
-    "ft_column_sum_f32",
-    "ft_column_sum_bf16",
+    "ft_bias_gelu_dbias_f32",
+    "ft_bias_gelu_dbias_bf16",
 ];
 
 fn require_kernels() -> bool {
