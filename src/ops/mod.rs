@@ -5,13 +5,16 @@
 //! | op | CPU | CUDA | reference |
 //! |----|-----|------|-----------|
 //! | [`gemm`] | faer (f32 accumulation) | issue #8 | [`crate::reference::gemm`] |
-//! | [`bias_gelu_fwd`] / [`bias_gelu_bwd`] | yes | `kernels/elementwise/bias_gelu.cu` | [`crate::reference::bias_gelu`] |
+//! | [`bias_gelu_fwd`] / [`bias_gelu_bwd`] | yes | `kernels/elementwise/bias_gelu.cu` (also on the emulator) | [`crate::reference::bias_gelu`] |
+//! | [`bias::bias_add`] / [`bias::column_sum`] / [`bias::add`] | yes | issue #8 | f64 in the layer tests |
+//! | [`shard::split_last`] / [`shard::split_first`] / [`shard::concat_last`] / [`shard::copy`] | yes | issue #8 | exact copies |
 //! | [`layernorm_fwd`] / [`layernorm_bwd`] | yes | issue #8 | [`crate::reference::layernorm`] |
 //! | [`softmax_fwd`] / [`softmax_bwd`] | yes | issue #8 | [`crate::reference::softmax`] |
 //! | [`cross_entropy_fwd`] / [`cross_entropy_bwd`] | yes | issue #8 | [`crate::reference::cross_entropy`] |
 //! | [`adamw_step`] | yes | issue #8 | [`crate::reference::adamw`] |
 
 mod adamw;
+pub mod bias;
 mod bias_gelu;
 mod cross_entropy;
 mod gemm;

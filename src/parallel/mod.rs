@@ -2,7 +2,8 @@
 //! trait, each an explicit forward and backward enqueued on a stream the caller names (no general
 //! autograd).
 //!
-//! - [`tp`]: tensor (and sequence) parallelism after Megatron-Core: today the
-//!   [`tp::mappings`] between replicated, partial and sharded activations.
+//! - [`tp`]: tensor (and sequence) parallelism after Megatron-Core: the [`tp::mappings`]
+//!   between replicated, partial and sharded activations, column/row-parallel linear layers,
+//!   the parallel MLP, and the vocabulary-parallel embedding and cross-entropy.
 
 pub mod tp;
