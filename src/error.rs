@@ -276,6 +276,15 @@ pub enum Error {
         /// What the emulator found.
         error: ptx_emu::EmuError,
     },
+    /// A stream waited on an event recorded on a stream that had failed: the failure travels
+    /// along the event (the waiting work would otherwise run on garbage).
+    #[error("upstream stream {stream} failed before the event this work waited on: {error}")]
+    UpstreamFailed {
+        /// The stream the event was recorded on.
+        stream: String,
+        /// Its failure.
+        error: Box<Error>,
+    },
     /// The op is not available on this backend (yet).
     #[error("{op} is not implemented on the {backend} backend")]
     Unsupported {

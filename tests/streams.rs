@@ -315,3 +315,45 @@ fn synchronize_timeout_names_the_stream() {
         s.synchronize().unwrap();
     });
 }
+
+/// A failure travels along events: a stream that waits on an event recorded after a failed op
+/// fails too (instead of running on the garbage the failed op left), and so does a host waiting
+/// on the event; an event recorded before the failure stays clean.
+#[test]
+fn failures_propagate_through_events() {
+    watchdog(30, "failure_through_events", || {
+        let dev = checked_cpu();
+        let producer = dev.new_named_stream("producer").unwrap();
+        let consumer = dev.new_named_stream("consumer").unwrap();
+        let logits = Tensor::from_slice(&dev, &ramp(12, 0.1), [3, 4]).unwrap();
+        let targets = Tensor::from_slice(&dev, &[0i32, 7, 1], [3]).unwrap();
+        let mut losses = Tensor::poisoned(&dev, [3], DType::F32).unwrap();
+        let before = producer.record_event().unwrap();
+        ops::cross_entropy_fwd(&producer, &logits, &targets, &mut losses).unwrap();
+        let after = producer.record_event().unwrap();
+        before.synchronize().unwrap();
+        // The host sees the producer's own failure through the event...
+        let e = after.synchronize().unwrap_err();
+        assert!(matches!(e, Error::IndexOutOfRange { index: 7, .. }), "{e}");
+        // ...and a stream ordered after it fails too (its own work is skipped), naming the
+        // upstream stream and its error.
+        consumer.wait(&after).unwrap();
+        let mut copy = Tensor::poisoned(&dev, [3], DType::F32).unwrap();
+        let zero = Tensor::zeros(&dev, [3], DType::F32).unwrap();
+        ops::bias::add(&consumer, &losses, &zero, &mut copy).unwrap();
+        match consumer.synchronize().unwrap_err() {
+            Error::UpstreamFailed { stream, error } => {
+                assert!(stream.starts_with("producer"), "{stream}");
+                assert!(
+                    matches!(*error, Error::IndexOutOfRange { index: 7, .. }),
+                    "{error}"
+                );
+            }
+            other => panic!("expected UpstreamFailed, got {other:?}"),
+        }
+        // A fresh stream that does not wait on it is unaffected.
+        let other = dev.new_stream().unwrap();
+        let x = Tensor::from_slice(&dev, &[1.0f32, 2.0, 3.0], [3]).unwrap();
+        assert_eq!(x.to_vec::<f32>(&other).unwrap(), vec![1.0, 2.0, 3.0]);
+    });
+}

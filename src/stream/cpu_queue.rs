@@ -93,6 +93,19 @@ impl CpuQueue {
         })
     }
 
+    /// A handle the worker's tasks can use to read the stream's first failure.
+    pub fn error_probe(&self) -> impl Fn() -> Option<Error> + Send + 'static {
+        let shared = self.shared.clone();
+        move || {
+            shared
+                .progress
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .first_error
+                .clone()
+        }
+    }
+
     /// Appends a task; returns its 1-based position in the queue.
     pub fn push(&self, task: Task) -> u64 {
         let mut n = self.enqueued.lock().unwrap_or_else(|e| e.into_inner());

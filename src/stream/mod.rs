@@ -110,11 +110,17 @@ impl Stream {
             (StreamImpl::Cpu(q), EventImpl::Cpu(ev)) => {
                 let generation = ev.begin_record();
                 let ev2 = event.inner.clone();
+                let probe = q.error_probe();
+                let label = self.inner.label.clone();
                 q.push(Task {
                     op: "event_record",
                     run: Box::new(move || {
                         if let EventImpl::Cpu(e) = &ev2.imp {
-                            e.complete(generation);
+                            // A record on a failed stream still completes (no waiter hangs) but
+                            // carries the failure, so the streams and hosts that wait on it fail
+                            // too instead of running on garbage.
+                            let failure = probe().map(|err| (label, err));
+                            e.complete(generation, failure);
                         }
                         Ok(())
                     }),
@@ -151,6 +157,16 @@ impl Stream {
                         run: Box::new(move || {
                             if let EventImpl::Cpu(e) = &ev2.imp {
                                 e.wait_for(target, None);
+                                if let Some((stream, err)) = e.failure_of(target) {
+                                    return Err(match err {
+                                        // Already wrapped upstream: keep the original source.
+                                        up @ Error::UpstreamFailed { .. } => up,
+                                        err => Error::UpstreamFailed {
+                                            stream,
+                                            error: Box::new(err),
+                                        },
+                                    });
+                                }
                             }
                             Ok(())
                         }),
@@ -377,6 +393,11 @@ impl Event {
                         seconds: timeout.unwrap_or_default().as_secs_f64(),
                     });
                 }
+                // The host gets the recording stream's own failure, as from that stream's
+                // synchronize.
+                if let Some((_, err)) = e.failure_of(target) {
+                    return Err(err);
+                }
             }
             EventImpl::Cuda(e) => {
                 let deadline = timeout.map(|t| Instant::now() + t);
@@ -425,6 +446,8 @@ impl Event {
 #[derive(Default)]
 struct CpuEvent {
     state: Mutex<(u64, u64)>, // (last generation recorded, highest generation completed)
+    /// The generation whose recording stream had failed, with that stream and its error.
+    failure: Mutex<Option<(u64, String, Error)>>,
     cv: Condvar,
 }
 
@@ -443,13 +466,32 @@ impl CpuEvent {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 
-    fn complete(&self, generation: u64) {
+    fn complete(&self, generation: u64, failure: Option<(String, Error)>) {
+        {
+            let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+            match failure {
+                Some((stream, err)) => *f = Some((generation, stream, err)),
+                None => {
+                    if f.as_ref().is_some_and(|(g, _, _)| *g < generation) {
+                        *f = None;
+                    }
+                }
+            }
+        }
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.1 < generation {
             s.1 = generation;
         }
         drop(s);
         self.cv.notify_all();
+    }
+
+    /// The failure carried by generation `target`, if its recording stream had failed.
+    fn failure_of(&self, target: u64) -> Option<(String, Error)> {
+        let f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        f.as_ref()
+            .filter(|(g, _, _)| *g == target)
+            .map(|(_, s, e)| (s.clone(), e.clone()))
     }
 
     /// Waits until generation `target` has completed; false on timeout.

@@ -62,7 +62,7 @@ use crate::ops::bias::{bias_add, column_sum};
 use crate::ops::{gemm, shard as copies, Gemm, Transpose};
 use crate::parallel::tp::mappings;
 use crate::parallel::tp::shard::{self, Partition};
-use crate::stream::{Stream, StreamImpl};
+use crate::stream::Stream;
 use crate::tensor::Tensor;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -148,21 +148,12 @@ impl TpStreams {
         Ok(())
     }
 
-    /// Orders the work enqueued on `compute` from now on after everything enqueued on `comm`,
-    /// and passes a failure of `comm` on to `compute` (CPU backend; a CUDA error is sticky in
-    /// the context anyway).
+    /// Orders the work enqueued on `compute` from now on after everything enqueued on `comm`.
+    /// A failure on `comm` travels along the event: `compute` then fails with
+    /// [`Error::UpstreamFailed`] instead of running on the un-reduced data.
     fn compute_after_comm(&self) -> Result<()> {
-        if self.is_serial() {
-            return Ok(());
-        }
-        self.compute.wait(&self.comm.record_event()?)?;
-        if let StreamImpl::Cpu(_) = self.compute.imp() {
-            let comm = self.comm.clone();
-            self.compute
-                .push_host("tp: join comm stream", move || match comm.error() {
-                    Some(e) => Err(e),
-                    None => Ok(()),
-                });
+        if !self.is_serial() {
+            self.compute.wait(&self.comm.record_event()?)?;
         }
         Ok(())
     }
