@@ -10,7 +10,7 @@
 //!   (every buffer remembers its last writer; an unordered access is an error, never a race).
 //! - [`tensor`]: a buffer on a device with a shape and a dtype, row-major.
 //! - [`ops`]: the operators (GEMM, bias+GeLU, layernorm, softmax, cross-entropy, AdamW), each
-//!   enqueued on a stream the caller names, with its f64 reference twin in [`reference`].
+//!   enqueued on a stream the caller names, with its f64 reference twin in [`mod@reference`].
 //! - [`kernels`]: the CUDA images build.rs compiled from `kernels/`, and their parameter ABI.
 #![warn(missing_docs)]
 

@@ -1,5 +1,5 @@
 //! The syntax tree of a PTX module, as written: what [`crate::parse`] produces and
-//! [`crate::decode`] lowers to the compact form the interpreter runs.
+//! [`crate::program`] lowers to the compact form the interpreter runs.
 //!
 //! Names follow the PTX ISA ("Chapter 4 Syntax", "Chapter 5 State Spaces, Types, and
 //! Variables", "Chapter 11 Directives"). Opcodes keep their dotted modifiers split off

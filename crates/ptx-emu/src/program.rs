@@ -558,7 +558,7 @@ pub struct Inst {
     pub guard: Option<(u32, bool)>,
     /// PTX source line.
     pub line: u32,
-    /// Index into [`Program::forms`]: the opcode form as written (`ld.global.f32`).
+    /// Index into [`Kernel::forms`]: the opcode form as written (`ld.global.f32`).
     pub form: u32,
     /// Metrics class.
     pub class: Class,
