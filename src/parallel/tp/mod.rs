@@ -11,12 +11,16 @@
 //! - [`shard`]: cutting a rank's shard from a full parameter and gathering the shards back.
 //! - [`vocab`]: [`VocabParallelEmbedding`] and the vocabulary-parallel cross-entropy.
 
+pub mod attention;
 pub mod linear;
 pub mod mappings;
 pub mod mlp;
 pub mod shard;
 pub mod vocab;
 
+pub use attention::{
+    qkv_full_from_separate, AttentionActivations, ParallelAttention, ParallelAttentionConfig,
+};
 pub use linear::{
     ColumnParallelConfig, ColumnParallelLinear, RowParallelConfig, RowParallelLinear, Span,
     TpStreams, Trace,
