@@ -12,6 +12,7 @@
 //! - [`vocab`]: [`VocabParallelEmbedding`] and the vocabulary-parallel cross-entropy.
 
 pub mod attention;
+pub mod block;
 pub mod linear;
 pub mod mappings;
 pub mod mlp;
@@ -20,6 +21,9 @@ pub mod vocab;
 
 pub use attention::{
     qkv_full_from_separate, AttentionActivations, ParallelAttention, ParallelAttentionConfig,
+};
+pub use block::{
+    BlockActivations, BlockWeights, LayerNormParams, TransformerBlock, TransformerBlockConfig,
 };
 pub use linear::{
     ColumnParallelConfig, ColumnParallelLinear, RowParallelConfig, RowParallelLinear, Span,
