@@ -63,6 +63,32 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// One tensor-parallel transformer block, forward + backward on CPU thread ranks: the
+    /// difference to tp=1, time per step for tp=1 and tp=N, and collective bytes per step
+    /// against Megatron's formula.
+    Tp {
+        /// Tensor-parallel size.
+        #[arg(long, default_value_t = 4)]
+        tp: usize,
+        /// Hidden size.
+        #[arg(long, default_value_t = 256)]
+        hidden: usize,
+        /// Attention heads.
+        #[arg(long, default_value_t = 8)]
+        heads: usize,
+        /// Sequence length (tokens).
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Sequence parallelism.
+        #[arg(long)]
+        sp: bool,
+        /// f32 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Timed steps.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -180,6 +206,47 @@ fn bench_comm(what: BenchWhat) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Tp {
+            tp,
+            hidden,
+            heads,
+            seq,
+            sp,
+            dtype,
+            steps,
+        } => {
+            let dtype = match dtype.as_str() {
+                "f32" => DType::F32,
+                "bf16" => DType::BF16,
+                other => {
+                    eprintln!("ferrotron tp: unsupported --dtype {other} (f32 or bf16)");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let cfg = ferrotron::bench::tp::TpBench {
+                tp,
+                hidden,
+                heads,
+                seq,
+                sequence_parallel: sp,
+                dtype,
+                steps,
+            };
+            match ferrotron::bench::tp::bench(&cfg) {
+                Ok(r) => {
+                    print!("{}", r.text);
+                    if r.diffs.iter().all(|c| c.pass) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("ferrotron tp: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Profile {
             op,
             rows,
