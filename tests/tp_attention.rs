@@ -1,5 +1,5 @@
 //! `ferrotron::parallel::tp::ParallelAttention` against the single-device computation: for
-//! tensor-parallel sizes 1, 2 and 4, f32 and bf16, with and without sequence parallelism, the
+//! tensor-parallel sizes 1, 2, 3, 4 and 8, f32 and bf16, with and without sequence parallelism, the
 //! forward output and the input and parameter gradients of shards cut from the same full
 //! weights, compared (gradients gathered back) with an f64 reference built from
 //! `reference::gemm` and `reference::softmax`.
@@ -26,12 +26,12 @@ use ferrotron::verify::{compare, random_vec, Tolerance};
 use ferrotron::{BackendKind, DType, Device, Error, Result, Tensor};
 use std::time::Duration;
 
-const WORLDS: &[usize] = &[1, 2, 4];
+const WORLDS: &[usize] = &[1, 2, 3, 4, 8];
 const DTYPES: &[DType] = &[DType::F32, DType::BF16];
 /// Tokens (one causal sequence; divisible by every world size, for sequence parallelism).
-const S: usize = 8;
-const H: usize = 16;
-const HEADS: usize = 4;
+const S: usize = 24;
+const H: usize = 48;
+const HEADS: usize = 24;
 const D: usize = H / HEADS;
 
 fn config() -> CommConfig {

@@ -1,6 +1,6 @@
 //! `ferrotron::parallel::tp::TransformerBlock` (pre-LN: `y = x + Attn(LN1(x))`,
 //! `z = y + MLP(LN2(y))`) against an f64 single-device reference, for tensor-parallel sizes
-//! 1, 2 and 4 in f32, with and without sequence parallelism: the output, the input gradient and
+//! 1, 2, 3, 4 and 8 in f32, with and without sequence parallelism: the output, the input gradient and
 //! every parameter gradient (layer norms, QKV, projection, fc1, fc2; gathered back from the
 //! shards). Also: sequence parallelism on and off agree; under sequence parallelism the layer
 //! norms' gradients are per-rank partial sums until `allreduce_layernorm_grads` (and only then
@@ -23,13 +23,13 @@ use ferrotron::verify::{compare, random_vec, Tolerance};
 use ferrotron::{BackendKind, DType, Device, Error, Result, Tensor};
 use std::time::Duration;
 
-const WORLDS: &[usize] = &[1, 2, 4];
+const WORLDS: &[usize] = &[1, 2, 3, 4, 8];
 /// Tokens (one causal sequence; divisible by every world size).
-const S: usize = 8;
-const H: usize = 16;
-const HEADS: usize = 4;
+const S: usize = 24;
+const H: usize = 48;
+const HEADS: usize = 24;
 const D: usize = H / HEADS;
-const F: usize = 32;
+const F: usize = 48;
 const EPS: f64 = 1e-5;
 const DTYPE: DType = DType::F32;
 const DTYPES: &[DType] = &[DType::F32, DType::BF16];
