@@ -13,14 +13,13 @@
 
 mod common;
 
+use common::dense::{add, bias_rows, cols, colsum, concat, mm_nn, mm_nt, mm_tn, scaled};
 use common::watchdog;
 use ferrotron::comm::{launch_with, CommConfig, Communicator, RankCtx};
-use ferrotron::ops::Transpose;
 use ferrotron::parallel::tp::shard::{self, Partition};
 use ferrotron::parallel::tp::{
     qkv_full_from_separate, ParallelAttention, ParallelAttentionConfig, TpStreams,
 };
-use ferrotron::reference::gemm::gemm_ref;
 use ferrotron::reference::softmax::{softmax_bwd_ref, softmax_fwd_ref};
 use ferrotron::verify::{compare, random_vec, Tolerance};
 use ferrotron::{BackendKind, DType, Device, Error, Result, Tensor};
@@ -56,81 +55,12 @@ fn data(seed: u64, n: usize, scale: f64, dtype: DType) -> Vec<f64> {
     round(&random_vec(seed, n, -scale, scale), dtype)
 }
 
-fn mm(
-    ta: Transpose,
-    tb: Transpose,
-    a: &[f64],
-    b: &[f64],
-    m: usize,
-    k: usize,
-    n: usize,
-) -> Vec<f64> {
-    let mut c = vec![0.0; m * n];
-    gemm_ref(ta, tb, m, n, k, 1.0, a, b, 0.0, &mut c);
-    c
-}
-
-/// `a [m, k] * b^T` with `b` stored `[n, k]`.
-fn mm_nt(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
-    mm(Transpose::N, Transpose::T, a, b, m, k, n)
-}
-
-/// `a [m, k] * b [k, n]`.
-fn mm_nn(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
-    mm(Transpose::N, Transpose::N, a, b, m, k, n)
-}
-
-/// `a^T b` with `a` stored `[k, m]`, `b` `[k, n]`.
-fn mm_tn(a: &[f64], b: &[f64], k: usize, m: usize, n: usize) -> Vec<f64> {
-    mm(Transpose::T, Transpose::N, a, b, m, k, n)
-}
-
-fn cols(x: &[f64], c: usize, lo: usize, w: usize) -> Vec<f64> {
-    x.chunks(c)
-        .flat_map(|row| row[lo..lo + w].to_vec())
-        .collect()
-}
-
-/// Row-wise concatenation of `parts` (each `[rows, w_i]`).
-fn concat(parts: &[Vec<f64>], rows: usize) -> Vec<f64> {
-    let mut out = Vec::new();
-    for r in 0..rows {
-        for p in parts {
-            let w = p.len() / rows;
-            out.extend_from_slice(&p[r * w..(r + 1) * w]);
-        }
-    }
-    out
-}
-
 fn tokens(x: &[f64], c: usize, sp: bool, r: usize, p: usize) -> Vec<f64> {
     if sp {
         x[r * S / p * c..(r + 1) * S / p * c].to_vec()
     } else {
         x.to_vec()
     }
-}
-
-fn colsum(x: &[f64], c: usize) -> Vec<f64> {
-    let mut s = vec![0.0; c];
-    for row in x.chunks(c) {
-        for (a, v) in s.iter_mut().zip(row) {
-            *a += v;
-        }
-    }
-    s
-}
-
-fn add(a: &[f64], b: &[f64]) -> Vec<f64> {
-    a.iter().zip(b).map(|(x, y)| x + y).collect()
-}
-
-fn bias_rows(x: &[f64], b: &[f64]) -> Vec<f64> {
-    x.chunks(b.len()).flat_map(|r| add(r, b)).collect()
-}
-
-fn scaled(x: &[f64], f: f64) -> Vec<f64> {
-    x.iter().map(|v| v * f).collect()
 }
 
 /// `sum_r round(part(r))`, rounded: a reduction of per-rank partial results stored in `dtype`.

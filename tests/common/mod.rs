@@ -1,6 +1,8 @@
 //! Shared test helpers.
 #![allow(dead_code)]
 
+pub mod dense;
+
 use std::sync::mpsc;
 use std::time::Duration;
 

@@ -1,0 +1,74 @@
+//! Dense f64 helpers for the tensor-parallel reference computations (row-major matrices as
+//! flat slices), shared by `tests/tp_attention.rs` and `tests/tp_block.rs`.
+
+use ferrotron::ops::Transpose;
+use ferrotron::reference::gemm::gemm_ref;
+
+pub fn mm(
+    ta: Transpose,
+    tb: Transpose,
+    a: &[f64],
+    b: &[f64],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f64> {
+    let mut c = vec![0.0; m * n];
+    gemm_ref(ta, tb, m, n, k, 1.0, a, b, 0.0, &mut c);
+    c
+}
+
+/// `a [m, k] * b^T` with `b` stored `[n, k]`.
+pub fn mm_nt(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    mm(Transpose::N, Transpose::T, a, b, m, k, n)
+}
+
+/// `a [m, k] * b [k, n]`.
+pub fn mm_nn(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    mm(Transpose::N, Transpose::N, a, b, m, k, n)
+}
+
+/// `a^T b` with `a` stored `[k, m]`, `b` `[k, n]`.
+pub fn mm_tn(a: &[f64], b: &[f64], k: usize, m: usize, n: usize) -> Vec<f64> {
+    mm(Transpose::T, Transpose::N, a, b, m, k, n)
+}
+
+pub fn cols(x: &[f64], c: usize, lo: usize, w: usize) -> Vec<f64> {
+    x.chunks(c)
+        .flat_map(|row| row[lo..lo + w].to_vec())
+        .collect()
+}
+
+/// Row-wise concatenation of `parts` (each `[rows, w_i]`).
+pub fn concat(parts: &[Vec<f64>], rows: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for r in 0..rows {
+        for p in parts {
+            let w = p.len() / rows;
+            out.extend_from_slice(&p[r * w..(r + 1) * w]);
+        }
+    }
+    out
+}
+
+pub fn colsum(x: &[f64], c: usize) -> Vec<f64> {
+    let mut s = vec![0.0; c];
+    for row in x.chunks(c) {
+        for (a, v) in s.iter_mut().zip(row) {
+            *a += v;
+        }
+    }
+    s
+}
+
+pub fn add(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}
+
+pub fn bias_rows(x: &[f64], b: &[f64]) -> Vec<f64> {
+    x.chunks(b.len()).flat_map(|r| add(r, b)).collect()
+}
+
+pub fn scaled(x: &[f64], f: f64) -> Vec<f64> {
+    x.iter().map(|v| v * f).collect()
+}
