@@ -359,7 +359,7 @@ impl<'a> Launch<'a> {
             let mut ctas: Vec<Cta> = (next..next + count).map(|l| self.new_cta(l)).collect();
             next += count;
             self.run_wave(&mut ctas, &mut rng)?;
-            for c in &ctas {
+            for c in &mut ctas {
                 self.finish_cta(c);
             }
         }
@@ -479,7 +479,7 @@ impl<'a> Launch<'a> {
         }
     }
 
-    fn finish_cta(&mut self, c: &Cta) {
+    fn finish_cta(&mut self, c: &mut Cta) {
         let m = &mut self.metrics;
         m.ctas += 1;
         for t in &c.threads {
@@ -497,13 +497,13 @@ impl<'a> Launch<'a> {
                 m.warp_instructions += u64::from(mx);
             }
         }
-        for ((kind, _, _, _), req) in &c.reqs {
-            let mut items = req.items.clone();
+        for ((kind, _, _, _), req) in c.reqs.drain() {
+            let mut items = req.items;
             match kind {
                 ReqKind::GlobalLoad | ReqKind::GlobalStore => {
                     items.sort_unstable();
                     items.dedup();
-                    if *kind == ReqKind::GlobalLoad {
+                    if kind == ReqKind::GlobalLoad {
                         m.global_load_requests += 1;
                         m.global_load_sectors += items.len() as u64;
                     } else {
@@ -941,8 +941,9 @@ impl<'a> Launch<'a> {
 
     fn try_collective(&mut self, c: &mut Cta, t: usize) -> Result<Vec<u32>> {
         let pc = c.threads[t].pc;
-        let inst = self.kernel.insts[pc as usize].clone();
-        let maskv = self.collective_mask(c, t, &inst);
+        let kernel = self.kernel;
+        let inst = &kernel.insts[pc as usize];
+        let maskv = self.collective_mask(c, t, inst);
         let warp_base = (c.threads[t].linear / 32) * 32;
         let me = c.threads[t].linear % 32;
         if maskv & (1 << me) == 0 {
@@ -984,7 +985,7 @@ impl<'a> Launch<'a> {
                 _ => return Ok(Vec::new()),
             }
         }
-        self.exec_collective(c, &inst, pc, &members)?;
+        self.exec_collective(c, inst, pc, &members)?;
         let mut released = Vec::new();
         for &m in &members {
             let th = &mut c.threads[m];
