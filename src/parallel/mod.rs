@@ -5,5 +5,8 @@
 //! - [`tp`]: tensor (and sequence) parallelism after Megatron-Core: the [`tp::mappings`]
 //!   between replicated, partial and sharded activations, column/row-parallel linear layers,
 //!   the parallel MLP, and the vocabulary-parallel embedding and cross-entropy.
+//! - [`pp`]: pipeline parallelism: partitioning, schedules as data, a simulator that proves
+//!   them, an executor over send/recv streams, and traces of both.
 
+pub mod pp;
 pub mod tp;

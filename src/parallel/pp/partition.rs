@@ -1,0 +1,1 @@
+//! Cutting a stack of layers into pipeline stages.

@@ -1,0 +1,1 @@
+//! The pipeline simulator: runs a [`super::Schedule`] against per-action costs.
