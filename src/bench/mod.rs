@@ -3,6 +3,7 @@
 
 pub mod comm;
 pub mod emu;
+pub mod pp;
 pub mod tp;
 
 /// Parses a byte size such as `1K`, `16M`, `1G` or `4096` (binary multiples).

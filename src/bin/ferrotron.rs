@@ -1,5 +1,6 @@
 //! The `ferrotron` command line: `check` (every op vs its reference), `bench comm` (nccl-tests
-//! style collective table).
+//! style collective table), `profile` (emulator counters), `tp` (a tensor-parallel block),
+//! `schedule` (the pipeline simulator) and `pipeline` (the pipeline executor vs the simulator).
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ferrotron::bench::comm::{self, BenchOp, CommBench};
@@ -88,6 +89,82 @@ enum Command {
         /// Timed steps.
         #[arg(long, default_value_t = 3)]
         steps: usize,
+    },
+    /// Simulate a pipeline schedule: makespan, bubble (with the closed form) and peak live
+    /// activations per rank; optionally draw it (SVG) and write a Chrome/Perfetto trace.
+    Schedule {
+        /// Pipeline-parallel size.
+        #[arg(long, default_value_t = 4)]
+        pp: usize,
+        /// Micro-batches per step.
+        #[arg(long, default_value_t = 8)]
+        microbatches: usize,
+        /// naive, gpipe, 1f1b, interleaved or zb-h1.
+        #[arg(long, default_value = "1f1b")]
+        schedule: String,
+        /// Model chunks per rank (interleaved only).
+        #[arg(long, default_value_t = 1)]
+        chunks: usize,
+        /// Forward cost per stage.
+        #[arg(long, default_value_t = 1.0)]
+        forward: f64,
+        /// Backward cost per stage (input and weight halves split evenly).
+        #[arg(long, default_value_t = 2.0)]
+        backward: f64,
+        /// Latency of one transfer.
+        #[arg(long, default_value_t = 0.0)]
+        p2p: f64,
+        /// Recompute every stage's forward before its backward.
+        #[arg(long)]
+        recompute: bool,
+        /// Write the timeline as SVG here.
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
+        /// Write a Chrome/Perfetto trace (JSON) here.
+        #[arg(long)]
+        trace: Option<std::path::PathBuf>,
+    },
+    /// Run pipeline schedules on CPU thread ranks (a stack of dense GeLU layers): the measured
+    /// step time next to the simulator's makespan for the per-action costs measured in the
+    /// same step.
+    Pipeline {
+        /// Pipeline-parallel size.
+        #[arg(long, default_value_t = 4)]
+        pp: usize,
+        /// Micro-batches per step.
+        #[arg(long, default_value_t = 8)]
+        microbatches: usize,
+        /// A schedule name, or `all`.
+        #[arg(long, default_value = "all")]
+        schedule: String,
+        /// Model chunks per rank for the interleaved schedule.
+        #[arg(long, default_value_t = 2)]
+        chunks: usize,
+        /// Dense layers in the model.
+        #[arg(long, default_value_t = 16)]
+        layers: usize,
+        /// Layer width.
+        #[arg(long, default_value_t = 256)]
+        hidden: usize,
+        /// Rows per micro-batch.
+        #[arg(long, default_value_t = 64)]
+        rows: usize,
+        /// f32 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Timed steps per schedule.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Recompute every stage's forward before its backward.
+        #[arg(long)]
+        recompute: bool,
+        /// Write the measured and simulated timelines of the (last) schedule as SVG here
+        /// (`<path>` measured, `<path>.sim.svg` simulated).
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
+        /// Write the measured trace of the (last) schedule as Chrome/Perfetto JSON here.
+        #[arg(long)]
+        trace: Option<std::path::PathBuf>,
     },
     /// Benchmarks.
     Bench {
@@ -203,9 +280,173 @@ fn bench_comm(what: BenchWhat) -> Result<(), String> {
     }
 }
 
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        other => Err(format!("unsupported --dtype {other} (f32 or bf16)")),
+    }
+}
+
+fn write_timelines(
+    spans: &[ferrotron::parallel::pp::TraceSpan],
+    title: &str,
+    svg: Option<&std::path::Path>,
+    trace: Option<&std::path::Path>,
+) -> Result<(), String> {
+    use ferrotron::parallel::pp::{write_chrome_trace, write_svg};
+    if let Some(p) = svg {
+        write_svg(p, spans, title).map_err(|e| e.to_string())?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = trace {
+        write_chrome_trace(p, spans, title).map_err(|e| e.to_string())?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn schedule_cmd(
+    pp: usize,
+    microbatches: usize,
+    schedule: &str,
+    chunks: usize,
+    costs: (f64, f64, f64),
+    recompute: bool,
+    svg: Option<&std::path::Path>,
+    trace: Option<&std::path::Path>,
+) -> Result<(), String> {
+    use ferrotron::parallel::pp::simulate::Costs;
+    use ferrotron::parallel::pp::{ScheduleConfig, ScheduleKind};
+    let kind: ScheduleKind = schedule
+        .parse()
+        .map_err(|e: ferrotron::Error| e.to_string())?;
+    let mut cfg = ScheduleConfig::new(kind, pp, microbatches, chunks);
+    if recompute {
+        cfg = cfg.recompute_all();
+    }
+    let (f, b, p2p) = costs;
+    let c = Costs::uniform(pp.saturating_mul(chunks), f, b / 2.0, b / 2.0, p2p);
+    let (text, report) =
+        ferrotron::bench::pp::schedule_table(&cfg, &c).map_err(|e| e.to_string())?;
+    print!("{text}");
+    let title = format!("{kind} pp={pp} m={microbatches} v={chunks} (simulated)");
+    write_timelines(&report.spans, &title, svg, trace)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pipeline_cmd(
+    pp: usize,
+    microbatches: usize,
+    schedule: &str,
+    chunks: usize,
+    shape: (usize, usize, usize),
+    dtype: &str,
+    steps: usize,
+    recompute: bool,
+    svg: Option<&std::path::Path>,
+    trace: Option<&std::path::Path>,
+) -> Result<(), String> {
+    use ferrotron::parallel::pp::ScheduleKind;
+    let kinds = if schedule == "all" {
+        ScheduleKind::ALL.to_vec()
+    } else {
+        vec![schedule
+            .parse::<ScheduleKind>()
+            .map_err(|e| e.to_string())?]
+    };
+    let (layers, hidden, rows) = shape;
+    let cfg = ferrotron::bench::pp::PipelineBench {
+        kinds,
+        pp,
+        microbatches,
+        chunks,
+        layers,
+        hidden,
+        rows,
+        dtype: parse_dtype(dtype)?,
+        steps,
+        recompute,
+    };
+    let rows = ferrotron::bench::pp::bench(&cfg).map_err(|e| e.to_string())?;
+    print!("{}", ferrotron::bench::pp::pipeline_table(&cfg, &rows));
+    if let Some(r) = rows.last() {
+        let title = format!("{} pp={pp} m={microbatches} (measured)", r.kind);
+        write_timelines(&r.spans, &title, svg, trace)?;
+        if let Some(p) = svg {
+            let sim = p.with_extension("sim.svg");
+            let title = format!(
+                "{} pp={pp} m={microbatches} (simulated, measured costs)",
+                r.kind
+            );
+            write_timelines(&r.sim_spans, &title, Some(&sim), None)?;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Schedule {
+            pp,
+            microbatches,
+            schedule,
+            chunks,
+            forward,
+            backward,
+            p2p,
+            recompute,
+            svg,
+            trace,
+        } => match schedule_cmd(
+            pp,
+            microbatches,
+            &schedule,
+            chunks,
+            (forward, backward, p2p),
+            recompute,
+            svg.as_deref(),
+            trace.as_deref(),
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ferrotron schedule: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Pipeline {
+            pp,
+            microbatches,
+            schedule,
+            chunks,
+            layers,
+            hidden,
+            rows,
+            dtype,
+            steps,
+            recompute,
+            svg,
+            trace,
+        } => match pipeline_cmd(
+            pp,
+            microbatches,
+            &schedule,
+            chunks,
+            (layers, hidden, rows),
+            &dtype,
+            steps,
+            recompute,
+            svg.as_deref(),
+            trace.as_deref(),
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ferrotron pipeline: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Tp {
             tp,
             hidden,
