@@ -6,14 +6,23 @@
 //!
 //! The reference works on separate `Wq`, `Wk`, `Wv` (the usual multi-head attention) and the
 //! layer gets their interleaved fusion (`qkv_full_from_separate`), so the comparison also checks
-//! the documented QKV layout. It rounds to the layer's dtype where the layer stores an
-//! activation; bf16 results are held to a generous multiple of the reduction tolerance (a
-//! one-ulp difference in a stored score can move through the softmax and later GEMMs).
+//! the documented QKV layout. It rounds to the layer's dtype exactly where the layer stores an
+//! activation: the QKV GEMM output and its bias sum, per head the scaled scores (the f32 scale
+//! `1/sqrt(d)`), probabilities and context, the projection's per-rank partial GEMM outputs
+//! (for the tensor-parallel size under test) and their reduced sum and bias sum; backward the
+//! context gradient, per head dP, dV, dS, dQ, dK, the QKV input gradient's per-rank partials
+//! and their reduced sum. Weight and bias gradients are f32 sums of products of the stored
+//! values, as the layers accumulate them. So in f32 the reference is the serial computation
+//! (held to 4x the reduction tolerance, as before), and a bf16 result is held to the bf16
+//! reduction tolerance of its last step times 2 (outputs) or 3 (parameter gradients); the
+//! factor covers one-ulp flips of stored intermediates, see [`tolerances`].
 //! Also: heads that do not divide by the tensor-parallel size are a typed error.
 
 mod common;
 
-use common::dense::{add, bias_rows, cols, colsum, concat, mm_nn, mm_nt, mm_tn, scaled};
+use common::dense::{
+    bias_rows, cols, colsum, concat, mm_nn, mm_nt, mm_tn, reduce, round, scaled, worst_ratio,
+};
 use common::watchdog;
 use ferrotron::comm::{launch_with, CommConfig, Communicator, RankCtx};
 use ferrotron::parallel::tp::shard::{self, Partition};
@@ -40,17 +49,6 @@ fn config() -> CommConfig {
     }
 }
 
-fn round(v: &[f64], dtype: DType) -> Vec<f64> {
-    match dtype {
-        DType::F32 => v.iter().map(|&x| x as f32 as f64).collect(),
-        DType::BF16 => v
-            .iter()
-            .map(|&x| half::bf16::from_f64(x).to_f64())
-            .collect(),
-        _ => unreachable!(),
-    }
-}
-
 fn data(seed: u64, n: usize, scale: f64, dtype: DType) -> Vec<f64> {
     round(&random_vec(seed, n, -scale, scale), dtype)
 }
@@ -63,22 +61,41 @@ fn tokens(x: &[f64], c: usize, sp: bool, r: usize, p: usize) -> Vec<f64> {
     }
 }
 
-/// `sum_r round(part(r))`, rounded: a reduction of per-rank partial results stored in `dtype`.
-fn reduce(p: usize, dtype: DType, part: impl Fn(usize) -> Vec<f64>) -> Vec<f64> {
-    let mut acc: Option<Vec<f64>> = None;
-    for r in 0..p {
-        let v = round(&part(r), dtype);
-        acc = Some(match acc {
-            None => v,
-            Some(a) => add(&a, &v),
-        });
-    }
-    round(&acc.expect("p >= 1"), dtype)
-}
-
 fn check(what: &str, got: &[f64], want: &[f64], tol: Tolerance) {
     let c = compare(got, want, tol);
-    assert!(c.pass, "{what}: {c}");
+    assert!(
+        c.pass,
+        "{what}: {c}, worst error / allowance {:.2}",
+        worst_ratio(got, want, tol)
+    );
+}
+
+/// The tolerances of (y, dx, parameter gradients).
+///
+/// f32: four times the reduction tolerance of the GEMMs' inner dimensions (as before).
+///
+/// bf16: the reference rounds to bf16 exactly where the layer stores, so a result is held to
+/// the reduction tolerance of its last GEMM (`H` terms for y, the QKV's `3 * H` for dx, the `S`
+/// tokens for the gradients) times a small factor. The factor covers *flips*: a value that
+/// the layer accumulates in f32 and the reference in f64 can sit within an f32 error of a bf16
+/// rounding boundary and be stored one bf16 ulp apart (rare per value, but each pass stores
+/// tens of thousands of scores, probabilities and softmax gradients, and the softmax
+/// backward's `dy - sum(dy * y)` cancels), and that difference moves on. Worst seen over 8 seed sets: y 0.81 and dx 0.89 of
+/// the plain tolerance, the parameter gradients (f32 sums over the tokens of flipped
+/// activations) 1.85; hence 2x and 3x.
+fn tolerances(dtype: DType) -> (Tolerance, Tolerance, Tolerance) {
+    match dtype {
+        DType::F32 => (
+            Tolerance::for_reduction(dtype, H).scaled(4.0),
+            Tolerance::for_reduction(dtype, H).scaled(4.0),
+            Tolerance::for_reduction(dtype, S).scaled(4.0),
+        ),
+        _ => (
+            Tolerance::for_reduction(dtype, H).scaled(2.0),
+            Tolerance::for_reduction(dtype, 3 * H).scaled(2.0),
+            Tolerance::for_reduction(dtype, S).scaled(3.0),
+        ),
+    }
 }
 
 fn tensor(dev: &Device, v: &[f64], dims: &[usize], dtype: DType) -> Tensor {
@@ -201,7 +218,8 @@ fn run(p: usize, dtype: DType, sp: bool, d: &Data) -> Vec<Out> {
 /// The f64 reference (rounded where the layer stores): (y, dx, [dWqkv, dbqkv, dWo, dbo]).
 fn reference(p: usize, dtype: DType, d: &Data) -> (Vec<f64>, Vec<f64>, Vec<Vec<f64>>) {
     let rnd = |v: &[f64]| round(v, dtype);
-    let scale = 1.0 / (D as f64).sqrt();
+    // The layer scales by an f32 `1/sqrt(d)` (the GEMM's alpha).
+    let scale = (1.0 / (D as f32).sqrt()) as f64;
     let proj = |w: &[f64], b: &[f64]| rnd(&bias_rows(&rnd(&mm_nt(&d.x, w, S, H, H)), b));
     let (q, k, v) = (proj(&d.wq, &d.bq), proj(&d.wk, &d.bk), proj(&d.wv, &d.bv));
     let head = |t: &[f64], h: usize| cols(t, H, h * D, D);
@@ -266,17 +284,12 @@ fn check_attention(p: usize, dtype: DType, sp: bool, seed: u64) {
     let d = Data::new(seed, dtype);
     let got = run(p, dtype, sp, &d);
     let (y, dx, grads) = reference(p, dtype, &d);
-    let slack = match dtype {
-        DType::F32 => 4.0,
-        _ => 6.0,
-    };
-    let at = Tolerance::for_reduction(dtype, H).scaled(slack);
-    let gt = Tolerance::for_reduction(dtype, S).scaled(slack);
+    let (yt, dxt, gt) = tolerances(dtype);
     let names = ["dWqkv", "dbqkv", "dWo", "dbo"];
     for (r, o) in got.iter().enumerate() {
         let what = format!("attention p={p} {dtype} sp={sp} rank {r}");
-        check(&format!("{what} y"), &o.y, &tokens(&y, H, sp, r, p), at);
-        check(&format!("{what} dx"), &o.dx, &tokens(&dx, H, sp, r, p), at);
+        check(&format!("{what} y"), &o.y, &tokens(&y, H, sp, r, p), yt);
+        check(&format!("{what} dx"), &o.dx, &tokens(&dx, H, sp, r, p), dxt);
         assert_eq!(o.grads.len(), names.len());
         for ((n, g), want) in names.iter().zip(&o.grads).zip(&grads) {
             check(&format!("{what} {n}"), g, want, gt);

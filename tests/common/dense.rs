@@ -3,6 +3,7 @@
 
 use ferrotron::ops::Transpose;
 use ferrotron::reference::gemm::gemm_ref;
+use ferrotron::DType;
 
 pub fn mm(
     ta: Transpose,
@@ -71,4 +72,40 @@ pub fn bias_rows(x: &[f64], b: &[f64]) -> Vec<f64> {
 
 pub fn scaled(x: &[f64], f: f64) -> Vec<f64> {
     x.iter().map(|v| v * f).collect()
+}
+
+/// Rounds every value to `dtype` (f32 or bf16) and back: what a tensor of that dtype stores.
+pub fn round(v: &[f64], dtype: DType) -> Vec<f64> {
+    match dtype {
+        DType::F32 => v.iter().map(|&x| x as f32 as f64).collect(),
+        DType::BF16 => v
+            .iter()
+            .map(|&x| half::bf16::from_f64(x).to_f64())
+            .collect(),
+        other => unreachable!("no {other} reference"),
+    }
+}
+
+/// `sum_r round(part(r))`, rounded: a reduction (all-reduce or reduce-scatter, f32
+/// accumulation in rank order, one rounding on store) of per-rank partial results that each
+/// rank stored in `dtype`, over `p` ranks.
+pub fn reduce(p: usize, dtype: DType, part: impl Fn(usize) -> Vec<f64>) -> Vec<f64> {
+    let mut acc: Option<Vec<f64>> = None;
+    for r in 0..p {
+        let v = round(&part(r), dtype);
+        acc = Some(match acc {
+            None => v,
+            Some(a) => add(&a, &v),
+        });
+    }
+    round(&acc.expect("p >= 1"), dtype)
+}
+
+/// The largest `|got - want| / (tol.abs + tol.rel * |want|)` over the elements: how much of
+/// its allowance the worst element uses (below 1 passes).
+pub fn worst_ratio(got: &[f64], want: &[f64], tol: ferrotron::verify::Tolerance) -> f64 {
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs() / (tol.abs + tol.rel * w.abs()))
+        .fold(0.0, f64::max)
 }
