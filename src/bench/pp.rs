@@ -223,6 +223,8 @@ pub fn bench(cfg: &PipelineBench) -> Result<Vec<PipelineRow>> {
         let ranges = partition::virtual_chunks(cfg.layers, cfg.pp, chunks)?;
         let (dtype, nrows, h) = (cfg.dtype, cfg.rows, cfg.hidden);
         let steps = cfg.steps;
+        // One origin for every rank, so spans of different ranks are comparable.
+        let origin = Instant::now();
         let per_rank = launch(cfg.pp, BackendKind::Cpu, |ctx: RankCtx| {
             let rank = ctx.rank;
             let dev = ctx.device.clone();
@@ -248,7 +250,7 @@ pub fn bench(cfg: &PipelineBench) -> Result<Vec<PipelineRow>> {
                 dims: vec![nrows, h],
                 dtype,
             };
-            // (wall time, spans, loss) per step; step 0 is the untimed warm-up.
+            // (spans, loss) per step; step 0 is the untimed warm-up.
             let mut out = Vec::new();
             for step in 0..=steps {
                 for s in &mut stages {
@@ -258,7 +260,6 @@ pub fn bench(cfg: &PipelineBench) -> Result<Vec<PipelineRow>> {
                     l.reset();
                 }
                 ctx.comm.barrier(&streams.compute)?.wait()?;
-                let origin = Instant::now();
                 // Validated once, in the untimed step.
                 let opts = ExecOptions {
                     trace: Some(origin),
@@ -279,28 +280,43 @@ pub fn bench(cfg: &PipelineBench) -> Result<Vec<PipelineRow>> {
                     &boundary,
                     &opts,
                 )?;
-                let wall = origin.elapsed().as_secs_f64();
                 let l = loss
                     .as_ref()
                     .map(|l| l.mean(&streams.compute))
                     .transpose()?;
                 if step > 0 {
-                    out.push((wall, rep.spans, l));
+                    out.push((rep.spans, l));
                 }
             }
             Ok(out)
         })?;
-        // A step ends when its slowest rank ends; keep the fastest step.
+        // A step runs from its first action's start on any rank to its last action's end on
+        // any rank (what the simulator's makespan measures); keep the fastest step.
+        let step_spans = |i: usize| -> Vec<TraceSpan> {
+            per_rank
+                .iter()
+                .flat_map(|r| r[i].0.iter().copied())
+                .collect()
+        };
+        let length = |spans: &[TraceSpan]| {
+            let first = spans.iter().map(|s| s.start).fold(f64::INFINITY, f64::min);
+            let last = spans.iter().map(|s| s.end).fold(0.0, f64::max);
+            (first, (last - first).max(0.0))
+        };
         let best = (0..steps)
             .min_by(|&a, &b| {
-                let wa = per_rank.iter().map(|r| r[a].0).fold(0.0, f64::max);
-                let wb = per_rank.iter().map(|r| r[b].0).fold(0.0, f64::max);
-                wa.total_cmp(&wb)
+                length(&step_spans(a))
+                    .1
+                    .total_cmp(&length(&step_spans(b)).1)
             })
             .unwrap_or(0);
-        let measured = per_rank.iter().map(|r| r[best].0).fold(0.0, f64::max);
-        let spans: Vec<TraceSpan> = per_rank.iter().flat_map(|r| r[best].1.clone()).collect();
-        let loss = per_rank.iter().find_map(|r| r[best].2).unwrap_or(f64::NAN);
+        let mut spans = step_spans(best);
+        let (first, measured) = length(&spans);
+        for s in &mut spans {
+            s.start -= first;
+            s.end -= first;
+        }
+        let loss = per_rank.iter().find_map(|r| r[best].1).unwrap_or(f64::NAN);
         let costs = measured_costs(&sc, &spans);
         let sim = simulate(&schedule, &costs)?;
         rows.push(PipelineRow {
