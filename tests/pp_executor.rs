@@ -574,3 +574,261 @@ fn trace_covers_every_action_once() {
         assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"));
     });
 }
+
+// ---- a pipeline of transformer blocks --------------------------------------------------------
+
+mod blocks {
+    use super::*;
+    use ferrotron::comm::Communicator;
+    use ferrotron::parallel::pp::blocks::BlockStage;
+    use ferrotron::parallel::tp::{
+        BlockWeights, TpStreams, TransformerBlock, TransformerBlockConfig,
+    };
+
+    /// Blocks of hidden `BH`, `HEADS` heads, MLP `FFN`, on sequences of `SEQ` tokens (one
+    /// sequence per micro-batch).
+    const BH: usize = 16;
+    const HEADS: usize = 2;
+    const FFN: usize = 32;
+    const SEQ: usize = 8;
+    const BLOCKS: usize = 4;
+
+    fn cfg() -> TransformerBlockConfig {
+        TransformerBlockConfig::new(BH, HEADS, FFN)
+    }
+
+    /// Block `l`'s full weights in [`BlockWeights`] order, with their shapes.
+    fn block_data(l: usize) -> Vec<(Vec<f64>, Vec<usize>)> {
+        let s = 1000 + 20 * l as u64;
+        let w = |i: u64, r: usize, c: usize| {
+            let a = 1.0 / (c as f64).sqrt();
+            (random_vec(s + i, r * c, -a, a), vec![r, c])
+        };
+        let v = |i: u64, n: usize, lo: f64, hi: f64| (random_vec(s + i, n, lo, hi), vec![n]);
+        vec![
+            v(0, BH, 0.8, 1.2),
+            v(1, BH, -0.1, 0.1),
+            w(2, 3 * BH, BH),
+            v(3, 3 * BH, -0.1, 0.1),
+            w(4, BH, BH),
+            v(5, BH, -0.1, 0.1),
+            v(6, BH, 0.8, 1.2),
+            v(7, BH, -0.1, 0.1),
+            w(8, FFN, BH),
+            v(9, FFN, -0.1, 0.1),
+            w(10, BH, FFN),
+            v(11, BH, -0.1, 0.1),
+        ]
+    }
+
+    fn make_block(
+        dev: &Device,
+        stream: &ferrotron::Stream,
+        tp: &dyn Communicator,
+        l: usize,
+    ) -> Result<TransformerBlock> {
+        let t = block_data(l)
+            .iter()
+            .map(|(v, d)| Tensor::from_f64(dev, v, d.as_slice(), DType::F32))
+            .collect::<Result<Vec<_>>>()?;
+        let w = BlockWeights {
+            ln1_gamma: &t[0],
+            ln1_beta: &t[1],
+            w_qkv: &t[2],
+            b_qkv: Some(&t[3]),
+            w_proj: &t[4],
+            b_proj: Some(&t[5]),
+            ln2_gamma: &t[6],
+            ln2_beta: &t[7],
+            w_fc1: &t[8],
+            b_fc1: Some(&t[9]),
+            w_fc2: &t[10],
+            b_fc2: Some(&t[11]),
+        };
+        TransformerBlock::from_full(&TpStreams::serial(stream), tp, cfg(), w)
+    }
+
+    /// Every parameter gradient of a block, in [`BlockWeights`] order.
+    fn block_grads(b: &TransformerBlock, stream: &ferrotron::Stream) -> Result<Vec<Vec<f64>>> {
+        let (qkv, proj) = (b.attention().linear_qkv(), b.attention().linear_proj());
+        let (fc1, fc2) = (b.mlp().linear_fc1(), b.mlp().linear_fc2());
+        fn bias(t: Option<&Tensor>) -> &Tensor {
+            t.expect("biases on")
+        }
+        [
+            b.ln1().grad_gamma(),
+            b.ln1().grad_beta(),
+            qkv.grad_weight(),
+            bias(qkv.grad_bias()),
+            proj.grad_weight(),
+            bias(proj.grad_bias()),
+            b.ln2().grad_gamma(),
+            b.ln2().grad_beta(),
+            fc1.grad_weight(),
+            bias(fc1.grad_bias()),
+            fc2.grad_weight(),
+            bias(fc2.grad_bias()),
+        ]
+        .iter()
+        .map(|t| t.to_f64_vec(stream))
+        .collect()
+    }
+
+    fn sequences(m: usize) -> (Vec<Vec<f64>>, Vec<Vec<i32>>) {
+        let x = (0..m)
+            .map(|i| random_vec(500 + i as u64, SEQ * BH, -1.0, 1.0))
+            .collect();
+        let t = (0..m)
+            .map(|i| random_indices(600 + i as u64, SEQ, BH))
+            .collect();
+        (x, t)
+    }
+
+    type Grads = Vec<Vec<Vec<f64>>>;
+
+    /// One device, the whole model: each sequence forward, loss, backward, gradients
+    /// accumulated.
+    fn single_device(m: usize) -> (f64, Grads) {
+        let (x, t) = sequences(m);
+        let mut out = launch_with(1, BackendKind::Cpu, config(), |ctx: RankCtx| {
+            let dev = ctx.device.clone();
+            let stream = dev.new_stream()?;
+            let tp: Box<dyn Communicator> = Box::new(ctx.comm);
+            let blocks = (0..BLOCKS)
+                .map(|l| make_block(&dev, &stream, &*tp, l))
+                .collect::<Result<Vec<_>>>()?;
+            let mut stage = BlockStage::new(blocks, tp)?;
+            let mut loss = CrossEntropyLoss::new(&dev, &t)?;
+            for (mb, xi) in x.iter().enumerate() {
+                let input = Tensor::from_f64(&dev, xi, [SEQ, BH], DType::F32)?;
+                let (z, saved) = stage.forward(&stream, &input)?;
+                let dz = loss.forward_backward(&stream, mb, &z)?;
+                stage.backward(&stream, &input, saved, &dz)?;
+            }
+            let grads = stage
+                .blocks()
+                .iter()
+                .map(|b| block_grads(b, &stream))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((loss.mean(&stream)?, grads))
+        })
+        .expect("single device");
+        out.pop().expect("one rank")
+    }
+
+    fn pipeline_blocks(cfg: &ScheduleConfig) -> (f64, Grads) {
+        let (pp, m, v) = (cfg.pp, cfg.microbatches, cfg.chunks);
+        let (x, t) = sequences(m);
+        let schedule = build(cfg).expect("build");
+        let per_rank = launch_with(pp, BackendKind::Cpu, config(), |ctx: RankCtx| {
+            let (rank, dev) = (ctx.rank, ctx.device.clone());
+            let streams = PipelineStreams::new(&dev)?;
+            let ranges = partition::virtual_chunks(BLOCKS, pp, v)?;
+            let mut stages = Vec::new();
+            for r in &ranges[rank] {
+                // A tensor-parallel group of one per chunk (pipeline parallelism alone).
+                let tp = ctx
+                    .comm
+                    .split(Some((rank * v + stages.len()) as u32), 0)?
+                    .expect("in a group");
+                let blocks = r
+                    .clone()
+                    .map(|l| make_block(&dev, &streams.compute, &*tp, l))
+                    .collect::<Result<Vec<_>>>()?;
+                stages.push(BlockStage::new(blocks, tp)?);
+            }
+            let inputs = if rank == 0 {
+                x.iter()
+                    .map(|xi| Tensor::from_f64(&dev, xi, [SEQ, BH], DType::F32))
+                    .collect::<Result<Vec<_>>>()?
+            } else {
+                Vec::new()
+            };
+            let mut loss = if rank == (pp * v - 1) % pp {
+                Some(CrossEntropyLoss::new(&dev, &t)?)
+            } else {
+                None
+            };
+            let mut chunks: Vec<&mut dyn PipelineStage> = stages
+                .iter_mut()
+                .map(|s| s as &mut dyn PipelineStage)
+                .collect();
+            let b = Boundary {
+                dims: vec![SEQ, BH],
+                dtype: DType::F32,
+            };
+            run_step(
+                &schedule,
+                &ctx.comm,
+                &streams,
+                &mut chunks,
+                &inputs,
+                loss.as_mut().map(|l| l as &mut dyn PipelineLoss),
+                &b,
+                &ExecOptions::default(),
+            )?;
+            let mut grads = Vec::new();
+            for (r, s) in ranges[rank].iter().zip(&stages) {
+                for (i, blk) in s.blocks().iter().enumerate() {
+                    grads.push((r.start + i, block_grads(blk, &streams.compute)?));
+                }
+            }
+            let l = loss.map(|l| l.mean(&streams.compute)).transpose()?;
+            Ok((l, grads))
+        })
+        .unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+        let mut loss = None;
+        let mut grads: Vec<Option<Vec<Vec<f64>>>> = (0..BLOCKS).map(|_| None).collect();
+        for (l, g) in per_rank {
+            loss = loss.or(l);
+            for (i, gi) in g {
+                grads[i] = Some(gi);
+            }
+        }
+        let grads = grads.into_iter().map(|g| g.expect("every block")).collect();
+        (loss.expect("loss"), grads)
+    }
+
+    #[test]
+    fn transformer_block_pipeline_equals_single_device() {
+        watchdog(
+            120,
+            "transformer_block_pipeline_equals_single_device",
+            || {
+                let m = 4;
+                let (want_loss, want) = single_device(m);
+                let mut ran = 0;
+                for kind in ScheduleKind::ALL {
+                    let (pp, v) = if kind == ScheduleKind::Interleaved {
+                        (2, 2)
+                    } else {
+                        (2, 1)
+                    };
+                    for recompute in [false, true] {
+                        let mut cfg = ScheduleConfig::new(kind, pp, m, v);
+                        if recompute {
+                            cfg = cfg.recompute_all();
+                        }
+                        let (loss, got) = pipeline_blocks(&cfg);
+                        // The same ops on the same rows in the same order: only the f32 rounding
+                        // of identical sums may differ.
+                        let tol = Tolerance::for_reduction(DType::F32, m * SEQ);
+                        let c = compare(&[loss], &[want_loss], tol);
+                        assert!(c.pass, "{kind} recompute={recompute}: loss: {c}");
+                        for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+                            for (i, (gi, wi)) in g.iter().zip(w).enumerate() {
+                                let c = compare(gi, wi, tol);
+                                assert!(
+                                    c.pass,
+                                    "{kind} recompute={recompute}: block {b} grad {i}: {c}"
+                                );
+                            }
+                        }
+                        ran += 1;
+                    }
+                }
+                assert_eq!(ran, 10);
+            },
+        );
+    }
+}

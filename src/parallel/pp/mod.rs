@@ -7,11 +7,13 @@
 //! - [`mod@simulate`]: runs a schedule against per-action costs: deadlock freedom, makespan,
 //!   bubble, peak live activations.
 //! - [`stage`]: what the executor runs ([`PipelineStage`], [`PipelineLoss`]); [`dense`] is a
-//!   concrete stage (dense GeLU layers, split backward) and cross-entropy loss.
+//!   concrete stage (dense GeLU layers, split backward) and cross-entropy loss; [`blocks`] a
+//!   stage of tensor-parallel transformer blocks.
 //! - [`executor`]: runs a rank's schedule over send/recv on dedicated p2p streams.
 //! - [`trace`]: timelines (Chrome trace JSON, SVG) of planned or measured steps.
 
 pub mod action;
+pub mod blocks;
 pub mod dense;
 pub mod executor;
 pub mod partition;
