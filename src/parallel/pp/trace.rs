@@ -432,6 +432,8 @@ pub fn svg_timeline(spans: &[TraceSpan], title: &str) -> Result<String> {
         let (y, h) = lane_y(s.rank, s.lane);
         let x = x_of(s.start);
         let w = (x_of(s.end) - x).max(0.5);
+        // Later model chunks (interleaving) are drawn paler, as in Megatron's figures.
+        let opacity = 1.0 / (1.0 + 0.6 * a.chunk() as f64);
         let tip = format!(
             "rank {} {}: {} ({:.3}–{:.3} {unit})",
             s.rank,
@@ -442,16 +444,17 @@ pub fn svg_timeline(spans: &[TraceSpan], title: &str) -> Result<String> {
         );
         o.push_str(&format!(
             "<rect class=\"span\" x=\"{x:.2}\" y=\"{y:.2}\" width=\"{w:.2}\" height=\"{h:.2}\" fill=\"{fill}\" \
-             stroke=\"#222222\" stroke-width=\"0.4\"><title>{}</title></rect>\n",
+             fill-opacity=\"{opacity:.2}\" stroke=\"#222222\" stroke-width=\"0.4\"><title>{}</title></rect>\n",
             xml_escape(&tip)
         ));
         if s.lane == Lane::Compute {
             let label = a.mb().to_string();
             if w >= label.len() as f64 * 6.5 + 4.0 {
                 o.push_str(&format!(
-                    "<text x=\"{:.2}\" y=\"{:.2}\" text-anchor=\"middle\" fill=\"{text_fill}\">{label}</text>\n",
+                    "<text x=\"{:.2}\" y=\"{:.2}\" text-anchor=\"middle\" fill=\"{}\">{label}</text>\n",
                     x + w / 2.0,
-                    y + h / 2.0 + 4.0
+                    y + h / 2.0 + 4.0,
+                    if a.chunk() > 0 { "#222222" } else { text_fill }
                 ));
             }
         }
