@@ -166,6 +166,19 @@ enum Command {
         #[arg(long)]
         trace: Option<std::path::PathBuf>,
     },
+    /// Print the dp x pp x tp mesh: every rank's coordinates and its tp, dp, pp and embedding
+    /// groups (tp fastest, then dp, then pp, as Megatron lays them out).
+    Mesh {
+        /// Data-parallel size.
+        #[arg(long, default_value_t = 2)]
+        dp: usize,
+        /// Pipeline-parallel size.
+        #[arg(long, default_value_t = 2)]
+        pp: usize,
+        /// Tensor-parallel size.
+        #[arg(long, default_value_t = 2)]
+        tp: usize,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -389,6 +402,16 @@ fn pipeline_cmd(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Mesh { dp, pp, tp } => match ferrotron::parallel::mesh::Layout::new(dp, pp, tp) {
+            Ok(l) => {
+                print!("{}", l.describe());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferrotron mesh: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Schedule {
             pp,
             microbatches,
