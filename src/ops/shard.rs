@@ -321,3 +321,77 @@ mod tests {
         assert_eq!(out, [1, 2, 9, 3, 4, 8]);
     }
 }
+
+/// Checks that `[offset, offset + len)` lies inside `flat` (`flat_name`'s element count).
+fn check_range(op: &'static str, flat: &Tensor, offset: usize, len: usize) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= flat.numel() => Ok(()),
+        _ => Err(Error::invalid(
+            op,
+            "offset",
+            format!(
+                "elements [{offset}, {offset} + {len}) do not fit in a flat buffer of {}",
+                flat.numel()
+            ),
+        )),
+    }
+}
+
+/// `flat[offset .. offset + x.numel()] = x` (row-major flattened): packs a tensor into a range
+/// of a flat buffer of the same dtype (a gradient into its data-parallel bucket). The rest of
+/// `flat` is untouched.
+///
+/// Errors: [`Error::InvalidArgument`] when the range does not fit, and the usual dtype, device
+/// and aliasing errors.
+pub fn pack(stream: &Stream, x: &Tensor, flat: &mut Tensor, offset: usize) -> Result<()> {
+    const OP: &str = "pack";
+    check_input(OP, "x", x)?;
+    check_input(OP, "flat", flat)?;
+    validate::dtype(OP, "flat", flat, x.dtype())?;
+    let n = x.numel();
+    check_range(OP, flat, offset, n)?;
+    let reads = [("x", x)];
+    let writes = [("flat", &*flat)];
+    prepare(stream, OP, &reads, &writes)?;
+    let dtype = x.dtype();
+    match stream.imp() {
+        StreamImpl::Cpu(_) => {
+            enqueue_host(stream, OP, &reads, &writes, move |l| {
+                let (r, mut w) = l.io();
+                float_dispatch!(dtype, T => view_mut::<T>(&mut *w[0])[offset..offset + n]
+                    .copy_from_slice(view::<T>(r[0])));
+                Ok(())
+            });
+            Ok(())
+        }
+        StreamImpl::Cuda(_) => Err(super::unsupported(OP, stream)),
+    }
+}
+
+/// `out = flat[offset .. offset + out.numel()]`, reshaped like `out`: the inverse of [`pack`].
+///
+/// Errors: as [`pack`].
+pub fn unpack(stream: &Stream, flat: &Tensor, offset: usize, out: &mut Tensor) -> Result<()> {
+    const OP: &str = "unpack";
+    check_input(OP, "flat", flat)?;
+    check_input(OP, "out", out)?;
+    validate::dtype(OP, "out", out, flat.dtype())?;
+    let n = out.numel();
+    check_range(OP, flat, offset, n)?;
+    let reads = [("flat", flat)];
+    let writes = [("out", &*out)];
+    prepare(stream, OP, &reads, &writes)?;
+    let dtype = flat.dtype();
+    match stream.imp() {
+        StreamImpl::Cpu(_) => {
+            enqueue_host(stream, OP, &reads, &writes, move |l| {
+                let (r, mut w) = l.io();
+                float_dispatch!(dtype, T => view_mut::<T>(&mut *w[0])
+                    .copy_from_slice(&view::<T>(r[0])[offset..offset + n]));
+                Ok(())
+            });
+            Ok(())
+        }
+        StreamImpl::Cuda(_) => Err(super::unsupported(OP, stream)),
+    }
+}

@@ -143,6 +143,68 @@ impl DenseGeluStage {
         Ok([&layer.w, &layer.b, &layer.dw, &layer.db])
     }
 
+    /// Every layer's `(weight grad, bias grad)`, mutable (e.g. to receive averaged gradients),
+    /// in layer order.
+    pub fn grads_mut(&mut self) -> Vec<(&mut Tensor, &mut Tensor)> {
+        self.layers
+            .iter_mut()
+            .map(|l| (&mut l.dw, &mut l.db))
+            .collect()
+    }
+
+    /// Layer `l`'s parameters for an optimizer update: `(weight, bias, weight grad, bias grad)`.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for `l` past the end.
+    pub fn params_mut(&mut self, l: usize) -> Result<(&mut Tensor, &mut Tensor, &Tensor, &Tensor)> {
+        let n = self.layers.len();
+        let layer = self.layers.get_mut(l).ok_or_else(|| {
+            Error::invalid(
+                "DenseGeluStage::params_mut",
+                "l",
+                format!("layer {l} of a {n}-layer stage"),
+            )
+        })?;
+        Ok((&mut layer.w, &mut layer.b, &layer.dw, &layer.db))
+    }
+
+    /// The full backward, layer by layer from the last: after each layer's weight and bias
+    /// gradients are accumulated, `on_layer(l, dw, db)` runs (e.g. to hand the final gradients
+    /// of the step to a data-parallel reducer while the earlier layers' backward goes on).
+    /// Returns the input gradient.
+    ///
+    /// Errors: as [`PipelineStage::backward`], and whatever `on_layer` returns.
+    pub fn backward_with_hook(
+        &mut self,
+        stream: &Stream,
+        input: &Tensor,
+        saved: Saved,
+        grad_output: &Tensor,
+        on_layer: &mut dyn FnMut(usize, &Tensor, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let s = downcast::<ForwardSaved>("DenseGeluStage::backward_with_hook", saved)?;
+        let rows = input.dims().first().copied().unwrap_or(0);
+        let wargs = Gemm {
+            ta: Transpose::T,
+            beta: 1.0,
+            ..Gemm::default()
+        };
+        let mut dy: Option<Tensor> = None;
+        for l in (0..self.layers.len()).rev() {
+            let layer = &mut self.layers[l];
+            let g = dy.as_ref().unwrap_or(grad_output);
+            let mut dh = Tensor::poisoned(&self.device, s.pre[l].dims(), self.dtype)?;
+            bias_gelu_bwd(stream, g, &s.pre[l], &layer.b, &mut dh, None)?;
+            let mut dx = Tensor::poisoned(&self.device, [rows, layer.w.dims()[1]], self.dtype)?;
+            gemm(stream, &dh, &layer.w, &mut dx, &Gemm::default())?;
+            let x = if l == 0 { input } else { &s.hidden[l - 1] };
+            gemm(stream, &dh, x, &mut layer.dw, &wargs)?;
+            column_sum(stream, &dh, &mut layer.db, true)?;
+            on_layer(l, &layer.dw, &layer.db)?;
+            dy = Some(dx);
+        }
+        Ok(dy.expect("at least one layer"))
+    }
+
     /// Resets every gradient to zero (fresh buffers: work still reading the old ones keeps them
     /// alive).
     pub fn zero_grad(&mut self) -> Result<()> {
