@@ -347,3 +347,114 @@ fn reducer_rejects_bad_use() {
     r.expect("typed errors");
     assert!(GradReducer::new(&dev, &[], BucketCaps::default()).is_err());
 }
+
+// ---- ZeRO-1 ----------------------------------------------------------------------------------
+
+use ferrotron::parallel::dp::Zero1;
+
+/// The same training as [`ddp`] but the optimizer is ZeRO-1 (no reducer: its reduce-scatter
+/// averages the gradients). Returns each rank's parameters and its optimizer's memory report.
+fn zero1(
+    m: Model,
+    dp: usize,
+    accum: usize,
+) -> Vec<(
+    Vec<Vec<f64>>,
+    ferrotron::parallel::dp::ZeroMemory,
+    Vec<usize>,
+)> {
+    launch_with(dp, BackendKind::Cpu, config(), |ctx: RankCtx| {
+        let dev = ctx.device.clone();
+        let s = dev.new_stream()?;
+        let mut model = DenseGeluStage::new(&dev, &layers(m), DType::F32)?;
+        let cfg = AdamW {
+            lr: 1e-2,
+            ..AdamW::default()
+        };
+        let mut opt = {
+            let mut ps: Vec<&Tensor> = Vec::new();
+            for l in 0..model.num_layers() {
+                let t = model.tensors(l)?;
+                ps.push(t[0]);
+                ps.push(t[1]);
+            }
+            Zero1::new(&s, &ctx.comm, &ps, cfg)?
+        };
+        for step in 0..STEPS {
+            model.zero_grad()?;
+            let batches: Vec<_> = (0..accum)
+                .map(|j| micro_batch(m, step, ctx.rank * accum + j))
+                .collect();
+            let targets: Vec<Vec<i32>> = batches.iter().map(|b| b.1.clone()).collect();
+            let mut loss = CrossEntropyLoss::new(&dev, &targets)?;
+            for (j, (x, _)) in batches.iter().enumerate() {
+                let input = Tensor::from_f64(&dev, x, [m.rows, m.inputs], DType::F32)?;
+                let (out, saved) = model.forward(&s, &input)?;
+                let dout = loss.forward_backward(&s, j, &out)?;
+                model.backward(&s, &input, saved, &dout)?;
+            }
+            // Gradients are read while parameters are written: copy the gradients' handles
+            // first (the step packs them before it writes any parameter).
+            let n = model.num_layers();
+            let grads: Vec<Tensor> = (0..n)
+                .flat_map(|l| {
+                    let t = model.tensors(l).expect("layer");
+                    [t[2].dims().to_vec(), t[3].dims().to_vec()]
+                })
+                .map(|d| Tensor::zeros(&dev, d.as_slice(), DType::F32))
+                .collect::<Result<Vec<_>>>()?;
+            let mut grads = grads;
+            for l in 0..n {
+                let t = model.tensors(l)?;
+                ferrotron::ops::shard::copy(&s, t[2], &mut grads[2 * l])?;
+                ferrotron::ops::shard::copy(&s, t[3], &mut grads[2 * l + 1])?;
+            }
+            let mut ps: Vec<&mut Tensor> = Vec::new();
+            for (w, b) in model.weights_mut() {
+                ps.push(w);
+                ps.push(b);
+            }
+            let gs: Vec<&Tensor> = grads.iter().collect();
+            opt.step(&s, &ctx.comm, &mut ps, &gs)?;
+        }
+        Ok((
+            params(&s, &model)?,
+            opt.memory(),
+            opt.shard_sizes().to_vec(),
+        ))
+    })
+    .unwrap_or_else(|e| panic!("zero1 dp {dp} accum {accum}: {e}"))
+}
+
+#[test]
+fn zero1_step_equals_the_ddp_step_bitwise() {
+    watchdog(120, "zero1_step_equals_the_ddp_step_bitwise", || {
+        // Two models whose parameter counts (345 and 334) split unevenly over 2 and 3 ranks.
+        let other = Model {
+            classes: 4,
+            ..SMALL
+        };
+        let mut uneven = 0;
+        for m in [SMALL, other] {
+            let total: usize = numels(m).iter().sum();
+            for dp in [1, 2, 3] {
+                for accum in [1, 2] {
+                    let want = ddp(m, dp, accum, BucketCaps::default());
+                    let got = zero1(m, dp, accum);
+                    for (r, ((p, mem, sizes), (w, _))) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(p, w, "dp {dp} accum {accum} rank {r}: ZeRO-1 != DDP");
+                        assert_eq!(sizes.iter().sum::<usize>(), total);
+                        if sizes.iter().any(|&s| s != sizes[0]) {
+                            uneven += 1;
+                        }
+                        // ZeRO-1 memory: f32 params 4Ψ, f32 grads 4Ψ, 12 bytes per shard element.
+                        assert_eq!(mem.params, 4 * total);
+                        assert_eq!(mem.grads, 4 * total);
+                        assert_eq!(mem.optimizer, 12 * sizes[r]);
+                    }
+                }
+            }
+        }
+        assert!(uneven > 0, "no uneven shards were exercised");
+    });
+}

@@ -322,6 +322,14 @@ mod tests {
     }
 }
 
+/// `dst = src` element by element through f32 (exact for f32/bf16/f16 sources; one rounding on
+/// a narrower destination).
+fn convert<S: crate::dtype::Element, D: crate::dtype::Element>(src: &[S], dst: &mut [D]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = D::from_f32(s.to_f32());
+    }
+}
+
 /// Checks that `[offset, offset + len)` lies inside `flat` (`flat_name`'s element count).
 fn check_range(op: &'static str, flat: &Tensor, offset: usize, len: usize) -> Result<()> {
     match offset.checked_add(len) {
@@ -338,8 +346,9 @@ fn check_range(op: &'static str, flat: &Tensor, offset: usize, len: usize) -> Re
 }
 
 /// `flat[offset .. offset + x.numel()] = x` (row-major flattened): packs a tensor into a range
-/// of a flat buffer of the same dtype (a gradient into its data-parallel bucket). The rest of
-/// `flat` is untouched.
+/// of a flat buffer (a gradient into its data-parallel bucket, a bf16 parameter into an f32
+/// master buffer). Dtypes may differ (any float types): the value is converted with one
+/// round-to-nearest-even, exact when widening. The rest of `flat` is untouched.
 ///
 /// Errors: [`Error::InvalidArgument`] when the range does not fit, and the usual dtype, device
 /// and aliasing errors.
@@ -347,19 +356,20 @@ pub fn pack(stream: &Stream, x: &Tensor, flat: &mut Tensor, offset: usize) -> Re
     const OP: &str = "pack";
     check_input(OP, "x", x)?;
     check_input(OP, "flat", flat)?;
-    validate::dtype(OP, "flat", flat, x.dtype())?;
     let n = x.numel();
     check_range(OP, flat, offset, n)?;
     let reads = [("x", x)];
     let writes = [("flat", &*flat)];
     prepare(stream, OP, &reads, &writes)?;
-    let dtype = x.dtype();
+    let (xd, fd) = (x.dtype(), flat.dtype());
     match stream.imp() {
         StreamImpl::Cpu(_) => {
             enqueue_host(stream, OP, &reads, &writes, move |l| {
                 let (r, mut w) = l.io();
-                float_dispatch!(dtype, T => view_mut::<T>(&mut *w[0])[offset..offset + n]
-                    .copy_from_slice(view::<T>(r[0])));
+                float_dispatch!(xd, S => float_dispatch!(fd, D => convert::<S, D>(
+                    view::<S>(r[0]),
+                    &mut view_mut::<D>(&mut *w[0])[offset..offset + n],
+                )));
                 Ok(())
             });
             Ok(())
@@ -368,26 +378,28 @@ pub fn pack(stream: &Stream, x: &Tensor, flat: &mut Tensor, offset: usize) -> Re
     }
 }
 
-/// `out = flat[offset .. offset + out.numel()]`, reshaped like `out`: the inverse of [`pack`].
+/// `out = flat[offset .. offset + out.numel()]`, reshaped like `out`: the inverse of [`pack`]
+/// (converting between float dtypes the same way).
 ///
 /// Errors: as [`pack`].
 pub fn unpack(stream: &Stream, flat: &Tensor, offset: usize, out: &mut Tensor) -> Result<()> {
     const OP: &str = "unpack";
     check_input(OP, "flat", flat)?;
     check_input(OP, "out", out)?;
-    validate::dtype(OP, "out", out, flat.dtype())?;
     let n = out.numel();
     check_range(OP, flat, offset, n)?;
     let reads = [("flat", flat)];
     let writes = [("out", &*out)];
     prepare(stream, OP, &reads, &writes)?;
-    let dtype = flat.dtype();
+    let (fd, od) = (flat.dtype(), out.dtype());
     match stream.imp() {
         StreamImpl::Cpu(_) => {
             enqueue_host(stream, OP, &reads, &writes, move |l| {
                 let (r, mut w) = l.io();
-                float_dispatch!(dtype, T => view_mut::<T>(&mut *w[0])
-                    .copy_from_slice(&view::<T>(r[0])[offset..offset + n]));
+                float_dispatch!(fd, S => float_dispatch!(od, D => convert::<S, D>(
+                    &view::<S>(r[0])[offset..offset + n],
+                    view_mut::<D>(&mut *w[0]),
+                )));
                 Ok(())
             });
             Ok(())

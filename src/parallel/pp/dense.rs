@@ -143,6 +143,15 @@ impl DenseGeluStage {
         Ok([&layer.w, &layer.b, &layer.dw, &layer.db])
     }
 
+    /// Every layer's `(weight, bias)`, mutable (e.g. for an optimizer that writes them), in layer
+    /// order.
+    pub fn weights_mut(&mut self) -> Vec<(&mut Tensor, &mut Tensor)> {
+        self.layers
+            .iter_mut()
+            .map(|l| (&mut l.w, &mut l.b))
+            .collect()
+    }
+
     /// Every layer's `(weight grad, bias grad)`, mutable (e.g. to receive averaged gradients),
     /// in layer order.
     pub fn grads_mut(&mut self) -> Vec<(&mut Tensor, &mut Tensor)> {
