@@ -283,6 +283,13 @@ impl ParallelAttention {
         &mut self.qkv
     }
 
+    /// Every `(parameter, gradient)` pair (QKV, then the output projection), for an optimizer.
+    pub fn params_mut(&mut self) -> Vec<(&mut Tensor, &Tensor)> {
+        let mut v = self.qkv.params_mut();
+        v.extend(self.proj.params_mut());
+        v
+    }
+
     /// The output projection, mutable (its gradients).
     pub fn linear_proj_mut(&mut self) -> &mut RowParallelLinear {
         &mut self.proj

@@ -31,6 +31,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::bias::{add, column_sum};
 use crate::ops::{layernorm_bwd, layernorm_fwd};
+use crate::stream::Stream;
 use crate::tensor::Tensor;
 
 /// The options of a [`TransformerBlock`].
@@ -168,6 +169,75 @@ pub struct LayerNormParams {
 }
 
 impl LayerNormParams {
+    /// `(gamma, its gradient)` and `(beta, its gradient)`, for an optimizer.
+    pub fn pairs(&mut self) -> Vec<(&mut Tensor, &Tensor)> {
+        vec![
+            (&mut self.gamma, &self.grad_gamma),
+            (&mut self.beta, &self.grad_beta),
+        ]
+    }
+
+    /// `LN(x)` over the last dimension with epsilon `eps`, and the row statistics (`mean`,
+    /// `rstd`, f32) the backward needs, on `stream`.
+    ///
+    /// Errors: the shape, dtype and device errors of [`layernorm_fwd`].
+    pub fn forward(
+        &self,
+        stream: &Stream,
+        x: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (dev, rows) = (stream.device(), x.dims().first().copied().unwrap_or(0));
+        let mut y = Tensor::poisoned(dev, x.dims(), x.dtype())?;
+        let mut mean = Tensor::poisoned(dev, [rows], DType::F32)?;
+        let mut rstd = Tensor::poisoned(dev, [rows], DType::F32)?;
+        layernorm_fwd(
+            stream,
+            x,
+            &self.gamma,
+            &self.beta,
+            eps,
+            &mut y,
+            &mut mean,
+            &mut rstd,
+        )?;
+        Ok((y, mean, rstd))
+    }
+
+    /// The input gradient of [`LayerNormParams::forward`]; accumulates `gamma`'s and `beta`'s
+    /// gradients (f32) on `stream`.
+    ///
+    /// Errors: the shape, dtype and device errors of [`layernorm_bwd`].
+    pub fn backward(
+        &mut self,
+        stream: &Stream,
+        dy: &Tensor,
+        x: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+    ) -> Result<Tensor> {
+        let (dev, dtype) = (stream.device(), x.dtype());
+        let h = self.gamma.dims()[0];
+        let mut dx = Tensor::poisoned(dev, x.dims(), dtype)?;
+        let mut dg = Tensor::poisoned(dev, [h], dtype)?;
+        let mut db = Tensor::poisoned(dev, [h], dtype)?;
+        layernorm_bwd(
+            stream,
+            dy,
+            x,
+            &self.gamma,
+            mean,
+            rstd,
+            &mut dx,
+            &mut dg,
+            &mut db,
+        )?;
+        // The op overwrites its (parameter-dtype) dgamma/dbeta: add them into the f32 grads.
+        column_sum(stream, &dg, &mut self.grad_gamma, true)?;
+        column_sum(stream, &db, &mut self.grad_beta, true)?;
+        Ok(dx)
+    }
+
     /// Parameters from `gamma` and `beta` (`[h]` each, same dtype and device); gradients are
     /// created zeroed (f32).
     ///
@@ -242,7 +312,8 @@ impl LayerNormParams {
         (&mut self.grad_gamma, &mut self.grad_beta)
     }
 
-    fn zero_grad(&mut self, streams: &TpStreams) -> Result<()> {
+    /// Resets both gradients to zero, in place, on `streams.compute`.
+    pub fn zero_grad(&mut self, streams: &TpStreams) -> Result<()> {
         let c = &streams.compute;
         for g in [&mut self.grad_gamma, &mut self.grad_beta] {
             let n = g.numel();
@@ -511,6 +582,16 @@ impl TransformerBlock {
         &mut self.mlp
     }
 
+    /// Every `(parameter, gradient)` pair of this rank's shard of the block, in a fixed order
+    /// (LN1, QKV, projection, LN2, FC1, FC2; weight before bias), for an optimizer.
+    pub fn params_mut(&mut self) -> Vec<(&mut Tensor, &Tensor)> {
+        let mut v = self.ln1.pairs();
+        v.extend(self.attn.params_mut());
+        v.extend(self.ln2.pairs());
+        v.extend(self.mlp.params_mut());
+        v
+    }
+
     /// Resets every gradient to zero, in place, on `streams.compute`.
     pub fn zero_grad(&mut self, streams: &TpStreams) -> Result<()> {
         self.ln1.zero_grad(streams)?;
@@ -603,21 +684,7 @@ impl TransformerBlock {
         ln: &LayerNormParams,
         x: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let (dev, rows) = (streams.device(), x.dims()[0]);
-        let mut y = Tensor::poisoned(dev, x.dims(), x.dtype())?;
-        let mut mean = Tensor::poisoned(dev, [rows], DType::F32)?;
-        let mut rstd = Tensor::poisoned(dev, [rows], DType::F32)?;
-        layernorm_fwd(
-            &streams.compute,
-            x,
-            &ln.gamma,
-            &ln.beta,
-            self.config.layernorm_eps,
-            &mut y,
-            &mut mean,
-            &mut rstd,
-        )?;
-        Ok((y, mean, rstd))
+        ln.forward(&streams.compute, x, self.config.layernorm_eps)
     }
 
     /// The layer norm's input gradient; accumulates its parameter gradients (this rank's rows).
@@ -629,16 +696,7 @@ impl TransformerBlock {
         mean: &Tensor,
         rstd: &Tensor,
     ) -> Result<Tensor> {
-        let (c, dev, dtype) = (&streams.compute, streams.device(), x.dtype());
-        let h = ln.gamma.dims()[0];
-        let mut dx = Tensor::poisoned(dev, x.dims(), dtype)?;
-        let mut dg = Tensor::poisoned(dev, [h], dtype)?;
-        let mut db = Tensor::poisoned(dev, [h], dtype)?;
-        layernorm_bwd(c, dy, x, &ln.gamma, mean, rstd, &mut dx, &mut dg, &mut db)?;
-        // The op overwrites its (parameter-dtype) dgamma/dbeta: add them into the f32 grads.
-        column_sum(c, &dg, &mut ln.grad_gamma, true)?;
-        column_sum(c, &db, &mut ln.grad_beta, true)?;
-        Ok(dx)
+        ln.backward(&streams.compute, dy, x, mean, rstd)
     }
 
     /// Forward: returns `z` (see the table in the [module docs](self)) and the activations the

@@ -400,6 +400,15 @@ struct Params {
 }
 
 impl Params {
+    /// `(parameter, its gradient)` pairs: the weight, then the bias if any.
+    fn pairs(&mut self) -> Vec<(&mut Tensor, &Tensor)> {
+        let mut v = vec![(&mut self.weight, &self.grad_weight)];
+        if let (Some(b), Some(g)) = (self.bias.as_mut(), self.grad_bias.as_ref()) {
+            v.push((b, g));
+        }
+        v
+    }
+
     /// Validates the shards (shape, dtype, device, presence of the bias) and creates zeroed
     /// gradients on the weight's device.
     fn new(
@@ -743,6 +752,12 @@ impl ColumnParallelLinear {
     /// The accumulated bias gradient `[out/p]`, f32.
     pub fn grad_bias(&self) -> Option<&Tensor> {
         self.params.grad_bias.as_ref()
+    }
+
+    /// `(parameter, gradient)` pairs — this rank's weight shard, then its bias — for an
+    /// optimizer that updates the parameters in place.
+    pub fn params_mut(&mut self) -> Vec<(&mut Tensor, &Tensor)> {
+        self.params.pairs()
     }
 
     /// The weight gradient, for an optimizer or a gradient bucket to update in place.
@@ -1131,6 +1146,12 @@ impl RowParallelLinear {
     /// The accumulated bias gradient `[out]`, f32 (the same on every rank).
     pub fn grad_bias(&self) -> Option<&Tensor> {
         self.params.grad_bias.as_ref()
+    }
+
+    /// `(parameter, gradient)` pairs — this rank's weight shard, then its bias — for an
+    /// optimizer that updates the parameters in place.
+    pub fn params_mut(&mut self) -> Vec<(&mut Tensor, &Tensor)> {
+        self.params.pairs()
     }
 
     /// The weight gradient, for an optimizer or a gradient bucket to update in place.

@@ -197,6 +197,13 @@ impl ParallelMlp {
         &mut self.fc1
     }
 
+    /// Every `(parameter, gradient)` pair (FC1, then FC2), for an optimizer.
+    pub fn params_mut(&mut self) -> Vec<(&mut Tensor, &Tensor)> {
+        let mut v = self.fc1.params_mut();
+        v.extend(self.fc2.params_mut());
+        v
+    }
+
     /// The second layer, mutable (its gradients).
     pub fn linear_fc2_mut(&mut self) -> &mut RowParallelLinear {
         &mut self.fc2
