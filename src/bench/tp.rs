@@ -2,12 +2,11 @@
 //! against the same block on one rank: the largest difference, the time per step for tp = 1 and
 //! tp = N, and the bytes each rank's collectives carried per step next to Megatron's formula.
 
-use crate::comm::{launch, Communicator, ReduceOp, Work};
+use crate::comm::{launch, Communicator, Counting};
 use crate::device::BackendKind;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::parallel::tp::{BlockWeights, TpStreams, TransformerBlock, TransformerBlockConfig};
-use crate::stream::Stream;
 use crate::tensor::Tensor;
 use crate::verify::{compare, random_vec, Comparison, Tolerance};
 use std::fmt::Write;
@@ -31,87 +30,6 @@ pub struct TpBench {
     pub dtype: DType,
     /// Timed steps (after one untimed).
     pub steps: usize,
-}
-
-/// Payload bytes of each kind of collective one rank issued.
-#[derive(Default)]
-struct Counts {
-    all_reduce: AtomicU64,
-    all_gather: AtomicU64,
-    reduce_scatter: AtomicU64,
-    calls: AtomicU64,
-}
-
-/// A communicator that counts the payload of every collective and forwards it.
-struct Counting<'a> {
-    inner: &'a dyn Communicator,
-    counts: Counts,
-}
-
-fn bytes(t: &Tensor) -> u64 {
-    (t.numel() * t.dtype().size_in_bytes()) as u64
-}
-
-impl Communicator for Counting<'_> {
-    fn rank(&self) -> usize {
-        self.inner.rank()
-    }
-    fn size(&self) -> usize {
-        self.inner.size()
-    }
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn all_reduce(&self, stream: &Stream, buf: &mut Tensor, op: ReduceOp) -> Result<Work> {
-        self.counts
-            .all_reduce
-            .fetch_add(bytes(buf), Ordering::Relaxed);
-        self.counts.calls.fetch_add(1, Ordering::Relaxed);
-        self.inner.all_reduce(stream, buf, op)
-    }
-    fn all_gather_v(
-        &self,
-        stream: &Stream,
-        input: &Tensor,
-        output: &mut Tensor,
-        counts: &[usize],
-    ) -> Result<Work> {
-        self.counts
-            .all_gather
-            .fetch_add(bytes(output), Ordering::Relaxed);
-        self.counts.calls.fetch_add(1, Ordering::Relaxed);
-        self.inner.all_gather_v(stream, input, output, counts)
-    }
-    fn reduce_scatter_v(
-        &self,
-        stream: &Stream,
-        input: &Tensor,
-        output: &mut Tensor,
-        counts: &[usize],
-        op: ReduceOp,
-    ) -> Result<Work> {
-        self.counts
-            .reduce_scatter
-            .fetch_add(bytes(input), Ordering::Relaxed);
-        self.counts.calls.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .reduce_scatter_v(stream, input, output, counts, op)
-    }
-    fn broadcast(&self, stream: &Stream, buf: &mut Tensor, root: usize) -> Result<Work> {
-        self.inner.broadcast(stream, buf, root)
-    }
-    fn send(&self, stream: &Stream, buf: &Tensor, peer: usize, tag: u32) -> Result<Work> {
-        self.inner.send(stream, buf, peer, tag)
-    }
-    fn recv(&self, stream: &Stream, buf: &mut Tensor, peer: usize, tag: u32) -> Result<Work> {
-        self.inner.recv(stream, buf, peer, tag)
-    }
-    fn barrier(&self, stream: &Stream) -> Result<Work> {
-        self.inner.barrier(stream)
-    }
-    fn split(&self, color: Option<u32>, key: usize) -> Result<Option<Box<dyn Communicator>>> {
-        self.inner.split(color, key)
-    }
 }
 
 /// One configuration's run: rank 0's step times, every rank's z and dx chunks, bytes per step.
@@ -164,10 +82,8 @@ fn run(cfg: &TpBench, tp: usize) -> Result<Run> {
     let xs = random_vec(100, s * h, -1.0, 1.0);
     let dzs = random_vec(101, s * h, -1.0, 1.0);
     let out = launch(tp, BackendKind::Cpu, |ctx| {
-        let counting = Counting {
-            inner: &ctx.comm,
-            counts: Counts::default(),
-        };
+        let counting = Counting::borrowed(&ctx.comm);
+        let counts = counting.counts();
         let comm: &dyn Communicator = &counting;
         let streams = TpStreams::new(&ctx.device)?;
         let f = full_weights(&ctx.device, h, ffn, cfg.dtype)?;
@@ -212,10 +128,10 @@ fn run(cfg: &TpBench, tp: usize) -> Result<Run> {
         for step in 0..=cfg.steps {
             if step == 1 {
                 before = [
-                    counting.counts.all_reduce.load(Ordering::Relaxed),
-                    counting.counts.all_gather.load(Ordering::Relaxed),
-                    counting.counts.reduce_scatter.load(Ordering::Relaxed),
-                    counting.counts.calls.load(Ordering::Relaxed),
+                    counts.all_reduce.load(Ordering::Relaxed),
+                    counts.all_gather.load(Ordering::Relaxed),
+                    counts.reduce_scatter.load(Ordering::Relaxed),
+                    counts.calls.load(Ordering::Relaxed),
                 ];
             }
             let start = Instant::now();
@@ -237,11 +153,11 @@ fn run(cfg: &TpBench, tp: usize) -> Result<Run> {
             z.to_f64_vec(&streams.compute)?,
             dx.to_f64_vec(&streams.compute)?,
             [
-                per(0, &counting.counts.all_reduce),
-                per(1, &counting.counts.all_gather),
-                per(2, &counting.counts.reduce_scatter),
+                per(0, &counts.all_reduce),
+                per(1, &counts.all_gather),
+                per(2, &counts.reduce_scatter),
             ],
-            per(3, &counting.counts.calls),
+            per(3, &counts.calls),
         ))
     })?;
     let sp = block_cfg.sequence_parallel;

@@ -9,7 +9,10 @@
 //! at the same sequence number all get [`crate::Error::CollectiveMismatch`]; every wait has a
 //! timeout naming the op, the sequence number and the ranks that never arrived; a rank that fails
 //! makes the others fail fast with [`crate::Error::PeerFailed`].
+//!
+//! [`Counting`] wraps any communicator and counts the payload bytes it forwards.
 
+pub mod counting;
 mod host;
 mod launch;
 #[cfg(feature = "mpi")]
@@ -20,6 +23,7 @@ mod reduce;
 mod signature;
 pub mod threads;
 
+pub use counting::{CommCounts, Counting};
 pub use launch::{launch, launch_with, RankCtx};
 pub use signature::{CollOp, ReduceOp, Signature};
 
