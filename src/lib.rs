@@ -22,6 +22,7 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod kernels;
+pub mod model;
 pub mod ops;
 pub mod parallel;
 pub mod reference;

@@ -5,6 +5,7 @@ pub mod comm;
 pub mod emu;
 pub mod pp;
 pub mod tp;
+pub mod train;
 
 /// Parses a byte size such as `1K`, `16M`, `1G` or `4096` (binary multiples).
 pub fn parse_size(s: &str) -> Option<usize> {

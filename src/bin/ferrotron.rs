@@ -166,6 +166,45 @@ enum Command {
         #[arg(long)]
         trace: Option<std::path::PathBuf>,
     },
+    /// Train a small GPT with data, pipeline and tensor parallelism on CPU thread ranks (the
+    /// main job): progress with loss and tokens/s, then a summary (loss, time per step, bubble,
+    /// bytes per group, memory per rank) and optionally the loss curve and a check against the
+    /// same run on one rank.
+    Train {
+        /// Data-parallel size.
+        #[arg(long, default_value_t = 2)]
+        dp: usize,
+        /// Pipeline-parallel size.
+        #[arg(long, default_value_t = 2)]
+        pp: usize,
+        /// Tensor-parallel size.
+        #[arg(long, default_value_t = 2)]
+        tp: usize,
+        /// Optimizer steps.
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        /// Micro-batches (sequences) per data-parallel rank per step.
+        #[arg(long, default_value_t = 4)]
+        microbatches: usize,
+        /// Pipeline schedule: naive, gpipe, 1f1b, interleaved or zb-h1.
+        #[arg(long, default_value = "1f1b")]
+        schedule: String,
+        /// Model chunks per pipeline rank (interleaved).
+        #[arg(long, default_value_t = 1)]
+        chunks: usize,
+        /// Transformer blocks.
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        /// AdamW learning rate.
+        #[arg(long, default_value_t = 3e-3)]
+        lr: f32,
+        /// Write the loss curve (SVG) here.
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
+        /// Also run the same training on one rank and report the largest loss difference.
+        #[arg(long)]
+        verify: bool,
+    },
     /// Print the dp x pp x tp mesh: every rank's coordinates and its tp, dp, pp and embedding
     /// groups (tp fastest, then dp, then pp, as Megatron lays them out).
     Mesh {
@@ -399,9 +438,144 @@ fn pipeline_cmd(
     Ok(())
 }
 
+struct TrainArgs {
+    dp: usize,
+    pp: usize,
+    tp: usize,
+    steps: usize,
+    microbatches: usize,
+    schedule: String,
+    chunks: usize,
+    layers: usize,
+    lr: f32,
+    plot: Option<std::path::PathBuf>,
+    verify: bool,
+}
+
+fn train_cmd(a: TrainArgs) -> Result<(), String> {
+    use ferrotron::model::gpt::GptConfig;
+    use ferrotron::model::train::{train, TrainConfig};
+    use indicatif::{ProgressBar, ProgressStyle};
+    let cfg = TrainConfig {
+        model: GptConfig {
+            layers: a.layers,
+            ..GptConfig::tiny()
+        },
+        dp: a.dp,
+        pp: a.pp,
+        tp: a.tp,
+        chunks: a.chunks,
+        microbatches: a.microbatches,
+        schedule: a
+            .schedule
+            .parse()
+            .map_err(|e: ferrotron::Error| e.to_string())?,
+        steps: a.steps,
+        lr: a.lr,
+        data_seed: 7,
+    };
+    let tokens = (cfg.dp * cfg.microbatches * cfg.model.seq) as f64;
+    let bar = |label: &str| {
+        let pb = ProgressBar::new(cfg.steps as u64);
+        pb.set_style(
+            ProgressStyle::with_template(&format!(
+                "{label} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {{msg}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        pb
+    };
+    let pb = bar(&format!("train dp{} pp{} tp{}", cfg.dp, cfg.pp, cfg.tp));
+    let report = train(&cfg, &|_, loss, secs| {
+        pb.set_message(format!("loss {loss:.4}  {:.0} tokens/s", tokens / secs));
+        pb.inc(1);
+    })
+    .map_err(|e| e.to_string())?;
+    pb.finish();
+    let verify = if a.verify {
+        let one = TrainConfig {
+            dp: 1,
+            pp: 1,
+            tp: 1,
+            chunks: 1,
+            schedule: ferrotron::parallel::pp::ScheduleKind::OneFOneB,
+            microbatches: cfg.dp * cfg.microbatches,
+            ..cfg.clone()
+        };
+        let pb1 = bar("verify on one rank");
+        let r = train(&one, &|_, _, _| pb1.inc(1)).map_err(|e| e.to_string())?;
+        pb1.finish();
+        Some(r)
+    } else {
+        None
+    };
+    print!(
+        "{}",
+        ferrotron::bench::train::summary(&cfg, &report, verify.as_ref())
+    );
+    if let Some(p) = a.plot {
+        let mut curves: Vec<(&str, &[f64])> = vec![("parallel", &report.losses)];
+        if let Some(v) = &verify {
+            curves.push(("one rank", &v.losses));
+        }
+        let title = format!(
+            "GPT loss, dp {} x pp {} x tp {} ({})",
+            cfg.dp, cfg.pp, cfg.tp, cfg.schedule
+        );
+        std::fs::write(&p, ferrotron::bench::train::loss_svg(&curves, &title))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(v) = &verify {
+        let worst = report
+            .losses
+            .iter()
+            .zip(&v.losses)
+            .map(|(a, b)| (a - b).abs() / b.abs())
+            .fold(0.0, f64::max);
+        if worst.is_nan() || worst >= 1e-3 {
+            return Err(format!(
+                "the parallel run's loss differs from one rank's by {worst:.2e}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Train {
+            dp,
+            pp,
+            tp,
+            steps,
+            microbatches,
+            schedule,
+            chunks,
+            layers,
+            lr,
+            plot,
+            verify,
+        } => match train_cmd(TrainArgs {
+            dp,
+            pp,
+            tp,
+            steps,
+            microbatches,
+            schedule,
+            chunks,
+            layers,
+            lr,
+            plot,
+            verify,
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ferrotron train: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Mesh { dp, pp, tp } => match ferrotron::parallel::mesh::Layout::new(dp, pp, tp) {
             Ok(l) => {
                 print!("{}", l.describe());

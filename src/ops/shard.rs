@@ -290,38 +290,6 @@ pub fn concat_last_stacked(stream: &Stream, stacked: &Tensor, out: &mut Tensor) 
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::cpu;
-
-    #[test]
-    fn split_then_concat_is_the_identity() {
-        let (rows, c, p) = (3, 6, 3);
-        let x: Vec<i32> = (0..(rows * c) as i32).collect();
-        let w = c / p;
-        let shards: Vec<Vec<i32>> = (0..p)
-            .map(|i| {
-                let mut o = vec![-1; rows * w];
-                cpu::split_cols(&x, c, i * w, w, &mut o);
-                o
-            })
-            .collect();
-        assert_eq!(shards[1], vec![2, 3, 8, 9, 14, 15]);
-        let refs: Vec<&[i32]> = shards.iter().map(|s| s.as_slice()).collect();
-        let mut back = vec![-1; rows * c];
-        cpu::concat_cols(&refs, &[w; 3], &mut back);
-        assert_eq!(back, x);
-    }
-
-    #[test]
-    fn concat_takes_parts_of_different_widths() {
-        let (a, b) = ([1, 2, 3, 4], [9, 8]);
-        let mut out = [0; 6];
-        cpu::concat_cols(&[&a[..], &b[..]], &[2, 1], &mut out);
-        assert_eq!(out, [1, 2, 9, 3, 4, 8]);
-    }
-}
-
 /// `dst = src` element by element through f32 (exact for f32/bf16/f16 sources; one rounding on
 /// a narrower destination).
 fn convert<S: crate::dtype::Element, D: crate::dtype::Element>(src: &[S], dst: &mut [D]) {
@@ -405,5 +373,37 @@ pub fn unpack(stream: &Stream, flat: &Tensor, offset: usize, out: &mut Tensor) -
             Ok(())
         }
         StreamImpl::Cuda(_) => Err(super::unsupported(OP, stream)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu;
+
+    #[test]
+    fn split_then_concat_is_the_identity() {
+        let (rows, c, p) = (3, 6, 3);
+        let x: Vec<i32> = (0..(rows * c) as i32).collect();
+        let w = c / p;
+        let shards: Vec<Vec<i32>> = (0..p)
+            .map(|i| {
+                let mut o = vec![-1; rows * w];
+                cpu::split_cols(&x, c, i * w, w, &mut o);
+                o
+            })
+            .collect();
+        assert_eq!(shards[1], vec![2, 3, 8, 9, 14, 15]);
+        let refs: Vec<&[i32]> = shards.iter().map(|s| s.as_slice()).collect();
+        let mut back = vec![-1; rows * c];
+        cpu::concat_cols(&refs, &[w; 3], &mut back);
+        assert_eq!(back, x);
+    }
+
+    #[test]
+    fn concat_takes_parts_of_different_widths() {
+        let (a, b) = ([1, 2, 3, 4], [9, 8]);
+        let mut out = [0; 6];
+        cpu::concat_cols(&[&a[..], &b[..]], &[2, 1], &mut out);
+        assert_eq!(out, [1, 2, 9, 3, 4, 8]);
     }
 }

@@ -158,6 +158,18 @@ impl Layout {
     }
 }
 
+/// A rank's groups, owned (from [`Mesh::into_groups`]).
+pub struct MeshGroups {
+    /// The tensor-parallel group.
+    pub tp: Box<dyn Communicator>,
+    /// The data-parallel group.
+    pub dp: Box<dyn Communicator>,
+    /// The pipeline-parallel group.
+    pub pp: Box<dyn Communicator>,
+    /// The embedding group (first and last stage), `None` on middle stages.
+    pub embedding: Option<Box<dyn Communicator>>,
+}
+
 /// A rank's view of the mesh: its coordinates and its four groups.
 pub struct Mesh {
     layout: Layout,
@@ -261,14 +273,12 @@ impl Mesh {
     }
 
     /// Gives up the groups (e.g. to move the tp group into a layer that owns it).
-    pub fn into_groups(
-        self,
-    ) -> (
-        Box<dyn Communicator>,
-        Box<dyn Communicator>,
-        Box<dyn Communicator>,
-        Option<Box<dyn Communicator>>,
-    ) {
-        (self.tp, self.dp, self.pp, self.embedding)
+    pub fn into_groups(self) -> MeshGroups {
+        MeshGroups {
+            tp: self.tp,
+            dp: self.dp,
+            pp: self.pp,
+            embedding: self.embedding,
+        }
     }
 }
