@@ -9,7 +9,7 @@
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{self, AdamW, Gemm, Transpose};
+use crate::ops::{self, AdamW, Epilogue, Gemm, Transpose};
 use crate::reference as r;
 use crate::stream::Stream;
 use crate::tensor::Tensor;
@@ -129,6 +129,10 @@ struct Case {
 
 const FLOATS: &[DType] = &[DType::F32, DType::BF16];
 
+/// Shapes (m, n, k) of the bf16 GEMM epilogue cases: unaligned (odd k: the scalar-load kernel),
+/// boundary tiles (64 x 64 tile), and more than one 128 x 128 x 32 tile in every dimension.
+const GEMM_EPI_SHAPES: &[&[usize]] = &[&[7, 9, 5], &[130, 72, 48], &[200, 136, 72]];
+
 /// Every case `ferrotron check` runs.
 fn cases() -> Vec<Case> {
     vec![
@@ -167,6 +171,72 @@ fn cases() -> Vec<Case> {
             dtypes: &[DType::BF16],
             shapes: &[&[33, 64, 129]],
             run: gemm_bf16_out_case,
+        },
+        // The bf16 GEMM tier with fused epilogues (`ops::gemm_epilogue`; the sm_80 kernels on
+        // CUDA and the emulator): bf16 inputs, the dtype column is the output's.
+        Case {
+            op: "gemm_bf16_nt",
+            dtypes: FLOATS,
+            shapes: GEMM_EPI_SHAPES,
+            run: |s, d, sh, seed| {
+                gemm_epi_case(s, d, sh, seed, Transpose::N, Transpose::T, EpiCase::None)
+            },
+        },
+        Case {
+            op: "gemm_bf16_nn",
+            dtypes: FLOATS,
+            shapes: GEMM_EPI_SHAPES,
+            run: |s, d, sh, seed| {
+                gemm_epi_case(s, d, sh, seed, Transpose::N, Transpose::N, EpiCase::None)
+            },
+        },
+        Case {
+            op: "gemm_bf16_tn",
+            dtypes: FLOATS,
+            shapes: GEMM_EPI_SHAPES,
+            run: |s, d, sh, seed| {
+                gemm_epi_case(s, d, sh, seed, Transpose::T, Transpose::N, EpiCase::None)
+            },
+        },
+        Case {
+            op: "gemm_nt_bias",
+            dtypes: FLOATS,
+            shapes: GEMM_EPI_SHAPES,
+            run: |s, d, sh, seed| {
+                gemm_epi_case(s, d, sh, seed, Transpose::N, Transpose::T, EpiCase::Bias)
+            },
+        },
+        Case {
+            op: "gemm_nt_bias_gelu",
+            dtypes: FLOATS,
+            shapes: GEMM_EPI_SHAPES,
+            run: |s, d, sh, seed| {
+                gemm_epi_case(
+                    s,
+                    d,
+                    sh,
+                    seed,
+                    Transpose::N,
+                    Transpose::T,
+                    EpiCase::BiasGelu,
+                )
+            },
+        },
+        Case {
+            op: "gemm_nn_dgelu",
+            dtypes: FLOATS,
+            shapes: GEMM_EPI_SHAPES,
+            run: |s, d, sh, seed| {
+                gemm_epi_case(s, d, sh, seed, Transpose::N, Transpose::N, EpiCase::DGelu)
+            },
+        },
+        Case {
+            op: "gemm_tn_accum",
+            dtypes: &[DType::F32],
+            shapes: GEMM_EPI_SHAPES,
+            run: |s, d, sh, seed| {
+                gemm_epi_case(s, d, sh, seed, Transpose::T, Transpose::N, EpiCase::Accum)
+            },
         },
         Case {
             op: "bias_gelu_fwd",
@@ -400,6 +470,96 @@ fn gemm_bf16_out_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64) -> Resu
         want,
         tol: Tolerance::for_reduction(dtype, k),
     }])
+}
+
+/// The epilogue of a [`gemm_epi_case`].
+#[derive(Clone, Copy, PartialEq)]
+enum EpiCase {
+    None,
+    Bias,
+    BiasGelu,
+    DGelu,
+    Accum,
+}
+
+/// bf16 `a`, `b`; output (and bias / pre) of `dtype`; alpha 1; beta 1 for `Accum`, else 0.
+#[allow(clippy::too_many_arguments)]
+fn gemm_epi_case(
+    s: &Stream,
+    dtype: DType,
+    sh: &[usize],
+    seed: u64,
+    ta: Transpose,
+    tb: Transpose,
+    epi: EpiCase,
+) -> Result<Vec<Out>> {
+    let (m, n, k) = (sh[0], sh[1], sh[2]);
+    let a_shape = if ta == Transpose::N { [m, k] } else { [k, m] };
+    let b_shape = if tb == Transpose::N { [k, n] } else { [n, k] };
+    let (a, av) = input(s, &a_shape, DType::BF16, seed, -1.0, 1.0)?;
+    let (b, bv) = input(s, &b_shape, DType::BF16, seed + 1, -1.0, 1.0)?;
+    let (bias, biasv) = input(s, &[n], dtype, seed + 2, -1.0, 1.0)?;
+    let (pre_in, pre_inv) = input(s, &[m, n], dtype, seed + 3, -3.0, 3.0)?;
+    let (mut c, mut want, beta) = if epi == EpiCase::Accum {
+        let (c, cv) = input(s, &[m, n], dtype, seed + 4, -1.0, 1.0)?;
+        (c, cv, 1.0)
+    } else {
+        (poisoned(s, &[m, n], dtype)?, vec![f64::NAN; m * n], 0.0)
+    };
+    let mut pre = poisoned(s, &[m, n], dtype)?;
+    let args = Gemm {
+        ta,
+        tb,
+        alpha: 1.0,
+        beta,
+    };
+    let e = match epi {
+        EpiCase::None | EpiCase::Accum => Epilogue::None,
+        EpiCase::Bias => Epilogue::Bias(&bias),
+        EpiCase::BiasGelu => Epilogue::BiasGelu {
+            bias: &bias,
+            pre: Some(&mut pre),
+        },
+        EpiCase::DGelu => Epilogue::DGelu { pre: &pre_in },
+    };
+    ops::gemm_epilogue(s, &a, &b, &mut c, &args, e)?;
+    let repi = match epi {
+        EpiCase::None | EpiCase::Accum => r::gemm::RefEpilogue::None,
+        EpiCase::Bias => r::gemm::RefEpilogue::Bias(&biasv),
+        EpiCase::BiasGelu => r::gemm::RefEpilogue::BiasGelu(&biasv),
+        EpiCase::DGelu => r::gemm::RefEpilogue::DGelu(&pre_inv),
+    };
+    let mut want_pre = vec![f64::NAN; m * n];
+    r::gemm::gemm_epilogue_ref(
+        ta,
+        tb,
+        m,
+        n,
+        k,
+        1.0,
+        &av,
+        &bv,
+        beta as f64,
+        &mut want,
+        repi,
+        Some(&mut want_pre),
+    );
+    let tol = Tolerance::for_reduction(dtype, k);
+    let mut outs = vec![Out {
+        name: if epi == EpiCase::BiasGelu { "c" } else { "" },
+        got: c.to_f64_vec(s)?,
+        want,
+        tol,
+    }];
+    if epi == EpiCase::BiasGelu {
+        outs.push(Out {
+            name: "pre",
+            got: pre.to_f64_vec(s)?,
+            want: want_pre,
+            tol,
+        });
+    }
+    Ok(outs)
 }
 
 fn rows_cols(sh: &[usize]) -> (usize, usize) {

@@ -93,6 +93,7 @@ fn abi_has_every_kernel_struct() {
         "FtBiasGeluFwdParams",
         "FtBiasGeluBwdParams",
         "FtBiasGeluDbiasParams",
+        "FtGemmParams",
     ] {
         assert!(
             fresh.contains(&format!("pub struct {name}")),

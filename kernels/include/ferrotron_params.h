@@ -93,6 +93,35 @@ typedef struct FtBiasGeluDbiasParams {
     uint64_t cols;
 } FtBiasGeluDbiasParams;
 
+/**
+ * Parameters of every `ft_gemm_<layout>_<epilogue>_<out>[_small|_unaligned]` kernel
+ * (kernels/gemm/gemm.cu): `c[M, N] = epilogue(op(a)[M, K] * op(b)[K, N])`, bf16 `a`/`b`, f32
+ * accumulation, `c` of the kernel's output type (`_bf16` or `_f32`).
+ *
+ * Storage (row-major, dense): layout `nt`: `a` is `[m, k]`, `b` is `[n, k]`; `nn`: `a` is
+ * `[m, k]`, `b` is `[k, n]`; `tn`: `a` is `[k, m]`, `b` is `[k, n]`. `bias` and `pre` have the
+ * output's element type. `c` may not overlap `a`, `b`, `bias` or `pre`.
+ */
+typedef struct FtGemmParams {
+    /** A operand (bf16), `[m, k]` (`nt`, `nn`) or `[k, m]` (`tn`). */
+    const void* a;
+    /** B operand (bf16), `[n, k]` (`nt`) or `[k, n]` (`nn`, `tn`). */
+    const void* b;
+    /** Output `[m, n]`; also read by the `accum` epilogue (`c += acc`). */
+    void* c;
+    /** Bias `[n]` (`bias`, `bias_gelu` epilogues), else unused (may be NULL). */
+    const void* bias;
+    /** `[m, n]`: written with the pre-activation `acc + bias` by `bias_gelu` when non-NULL; the
+     *  GeLU input read by `dgelu`; else unused (may be NULL). */
+    void* pre;
+    /** Rows of `op(a)` and `c`. */
+    uint64_t m;
+    /** Columns of `op(b)` and `c`. */
+    uint64_t n;
+    /** The reduction dimension. */
+    uint64_t k;
+} FtGemmParams;
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -174,3 +174,69 @@ impl Default for FtBiasGeluDbiasParams {
         }
     }
 }
+/** Parameters of every `ft_gemm_<layout>_<epilogue>_<out>[_small|_unaligned]` kernel
+ (kernels/gemm/gemm.cu): `c[M, N] = epilogue(op(a)[M, K] * op(b)[K, N])`, bf16 `a`/`b`, f32
+ accumulation, `c` of the kernel's output type (`_bf16` or `_f32`).
+
+ Storage (row-major, dense): layout `nt`: `a` is `[m, k]`, `b` is `[n, k]`; `nn`: `a` is
+ `[m, k]`, `b` is `[k, n]`; `tn`: `a` is `[k, m]`, `b` is `[k, n]`. `bias` and `pre` have the
+ output's element type. `c` may not overlap `a`, `b`, `bias` or `pre`.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct FtGemmParams {
+    /// A operand (bf16), `[m, k]` (`nt`, `nn`) or `[k, m]` (`tn`).
+    pub a: *const ::std::os::raw::c_void,
+    /// B operand (bf16), `[n, k]` (`nt`) or `[k, n]` (`nn`, `tn`).
+    pub b: *const ::std::os::raw::c_void,
+    /// Output `[m, n]`; also read by the `accum` epilogue (`c += acc`).
+    pub c: *mut ::std::os::raw::c_void,
+    /// Bias `[n]` (`bias`, `bias_gelu` epilogues), else unused (may be NULL).
+    pub bias: *const ::std::os::raw::c_void,
+    /** `[m, n]`: written with the pre-activation `acc + bias` by `bias_gelu` when non-NULL; the
+  GeLU input read by `dgelu`; else unused (may be NULL).*/
+    pub pre: *mut ::std::os::raw::c_void,
+    /// Rows of `op(a)` and `c`.
+    pub m: u64,
+    /// Columns of `op(b)` and `c`.
+    pub n: u64,
+    /// The reduction dimension.
+    pub k: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of FtGemmParams"][::std::mem::size_of::<FtGemmParams>() - 64usize];
+    ["Alignment of FtGemmParams"][::std::mem::align_of::<FtGemmParams>() - 8usize];
+    [
+        "Offset of field: FtGemmParams::a",
+    ][::std::mem::offset_of!(FtGemmParams, a) - 0usize];
+    [
+        "Offset of field: FtGemmParams::b",
+    ][::std::mem::offset_of!(FtGemmParams, b) - 8usize];
+    [
+        "Offset of field: FtGemmParams::c",
+    ][::std::mem::offset_of!(FtGemmParams, c) - 16usize];
+    [
+        "Offset of field: FtGemmParams::bias",
+    ][::std::mem::offset_of!(FtGemmParams, bias) - 24usize];
+    [
+        "Offset of field: FtGemmParams::pre",
+    ][::std::mem::offset_of!(FtGemmParams, pre) - 32usize];
+    [
+        "Offset of field: FtGemmParams::m",
+    ][::std::mem::offset_of!(FtGemmParams, m) - 40usize];
+    [
+        "Offset of field: FtGemmParams::n",
+    ][::std::mem::offset_of!(FtGemmParams, n) - 48usize];
+    [
+        "Offset of field: FtGemmParams::k",
+    ][::std::mem::offset_of!(FtGemmParams, k) - 56usize];
+};
+impl Default for FtGemmParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}

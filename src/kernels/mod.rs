@@ -124,6 +124,8 @@ unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasGeluFwdParams {}
 unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasGeluBwdParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasGeluDbiasParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for abi::FtGemmParams {}
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@
 //!
 //! | op | CPU | CUDA | reference |
 //! |----|-----|------|-----------|
-//! | [`gemm`] | faer (f32 accumulation) | issue #8 | [`crate::reference::gemm`] |
+//! | [`gemm`] / [`gemm_epilogue`] | faer (f32 accumulation) + f32 epilogue pass | `kernels/gemm/gemm.cu` (bf16, sm_80; also on the emulator) | [`crate::reference::gemm`] |
 //! | [`bias_gelu_fwd`] / [`bias_gelu_bwd`] | yes | `kernels/elementwise/bias_gelu.cu` (also on the emulator) | [`crate::reference::bias_gelu`] |
 //! | [`bias::bias_add`] / [`bias::column_sum`] / [`bias::add`] | yes | issue #8 | f64 in the layer tests |
 //! | [`shard::split_last`] / [`shard::split_first`] / [`shard::concat_last`] / [`shard::copy`] | yes | issue #8 | exact copies |
@@ -29,7 +29,7 @@ pub use crate::backend::cpu::ops::gemm::Transpose;
 pub use adamw::adamw_step;
 pub use bias_gelu::{bias_gelu_bwd, bias_gelu_fwd};
 pub use cross_entropy::{cross_entropy_bwd, cross_entropy_fwd};
-pub use gemm::{gemm, Gemm};
+pub use gemm::{gemm, gemm_epilogue, Epilogue, Gemm};
 pub use layernorm::{layernorm_bwd, layernorm_fwd};
 pub use softmax::{softmax_bwd, softmax_fwd};
 

@@ -49,6 +49,64 @@ pub fn gemm_ref(
     }
 }
 
+/// The epilogue of [`gemm_epilogue_ref`] (the f64 twin of [`crate::ops::Epilogue`]).
+#[derive(Clone, Copy, Debug)]
+pub enum RefEpilogue<'a> {
+    /// `c = acc`.
+    None,
+    /// `c = acc + bias[j]` (`bias` is `[n]`).
+    Bias(&'a [f64]),
+    /// `c = gelu(acc + bias[j])` (`bias` is `[n]`); the pre-activation goes to `pre_out`.
+    BiasGelu(&'a [f64]),
+    /// `c = acc * gelu'(pre[i, j])` (`pre` is `[m, n]`).
+    DGelu(&'a [f64]),
+}
+
+/// Reference GEMM with a fused epilogue, in f64: `acc = alpha * op(A) * op(B) + beta * C` as in
+/// [`gemm_ref`], then `C = epilogue(acc)` per element. GeLU is
+/// [`crate::reference::bias_gelu::gelu_ref`] / `gelu_grad_ref` (tanh approximation).
+///
+/// For [`RefEpilogue::BiasGelu`], `pre_out` (when given, `[m, n]`) receives `acc + bias[j]`.
+///
+/// # Panics
+/// If a slice is shorter than its shape needs.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_epilogue_ref(
+    ta: Transpose,
+    tb: Transpose,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f64,
+    a: &[f64],
+    b: &[f64],
+    beta: f64,
+    c: &mut [f64],
+    epilogue: RefEpilogue<'_>,
+    mut pre_out: Option<&mut [f64]>,
+) {
+    use crate::reference::bias_gelu::{gelu_grad_ref, gelu_ref};
+    gemm_ref(ta, tb, m, n, k, alpha, a, b, beta, c);
+    for i in 0..m {
+        for j in 0..n {
+            let idx = i * n + j;
+            let acc = c[idx];
+            c[idx] = match epilogue {
+                RefEpilogue::None => acc,
+                RefEpilogue::Bias(bias) => acc + bias[j],
+                RefEpilogue::BiasGelu(bias) => {
+                    let z = acc + bias[j];
+                    if let Some(p) = pre_out.as_deref_mut() {
+                        p[idx] = z;
+                    }
+                    gelu_ref(z)
+                }
+                RefEpilogue::DGelu(pre) => acc * gelu_grad_ref(pre[idx]),
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

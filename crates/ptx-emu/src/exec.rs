@@ -624,6 +624,10 @@ impl<'a> Launch<'a> {
                 }
             }
             Space::Const => (Space::Global, addr),
+            // A .shared address is 32 bits wide: nvcc adds the constant offset of
+            // `[%r + imm]` to a 32-bit register whose value may have wrapped (e.g. a base minus
+            // a tile offset), and the hardware forms the sum modulo 2^32.
+            Space::Shared => (Space::Shared, addr & 0xffff_ffff),
             s => (s, addr),
         }
     }

@@ -1986,3 +1986,16 @@ fn trap_is_a_fault() {
         other => panic!("expected Fault, got {other}"),
     }
 }
+
+/// `[%r + imm]` in the .shared space wraps modulo 2^32, as nvcc relies on when it folds a
+/// constant tile offset into an address whose register part has wrapped below zero.
+#[test]
+fn shared_address_register_plus_offset_wraps_at_32_bits() {
+    expect_with(
+        "\t.shared .align 16 .b8 sm[64];\n",
+        "\tmov.u32 %r1, sm;\n\tadd.s32 %r2, %r1, -16;\n\tmov.u32 %r3, 0x1234;\n\
+         \tst.shared.u32 [%r2+32], %r3;\n\tld.shared.u32 %r4, [%r1+16];\n\
+         \tcvt.u64.u32 %rd1, %r4;\n\tst.global.u64 [%out], %rd1;",
+        &[(0x1234, "stored through a wrapped base")],
+    );
+}

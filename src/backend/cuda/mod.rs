@@ -3,6 +3,7 @@
 //! driver gets [`Error::NoCudaDriver`] from [`probe`], never a panic.
 
 pub mod elementwise;
+pub mod gemm;
 
 use crate::error::{Error, Result};
 use cudarc::driver::{

@@ -13,6 +13,7 @@
 //!   poisoned, so a kernel that reads an output before writing it is reported.
 
 pub mod elementwise;
+pub mod gemm;
 
 use crate::error::{Error, Result};
 use ptx_emu::{Checks, LaunchConfig, LoadedModule, Memory, Metrics, Module};
@@ -46,6 +47,18 @@ impl Default for EmuOptions {
             checks: Checks::default(),
         }
     }
+}
+
+/// The shape of one emulated launch: CTAs per grid dimension, threads per CTA dimension and
+/// dynamic (`extern __shared__`) shared-memory bytes, as in `cuLaunchKernel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LaunchShape {
+    /// CTAs per grid dimension (x, y, z).
+    pub grid: [u32; 3],
+    /// Threads per CTA dimension (x, y, z).
+    pub block: [u32; 3],
+    /// Dynamic shared memory per CTA, in bytes.
+    pub dynamic_shared: u32,
 }
 
 /// One emulated GPU: its ordinal and the modules loaded on it.
@@ -96,8 +109,8 @@ impl EmuDevice {
         Ok(loaded)
     }
 
-    /// Runs `function` of image `module` with the parameter bytes `params` (synchronously: call
-    /// it from a stream task).
+    /// Runs `function` of image `module` with the parameter bytes `params` on a 1-D grid
+    /// (synchronously: call it from a stream task). See [`EmuDevice::launch_with`].
     pub fn launch(
         &self,
         module: &str,
@@ -106,10 +119,34 @@ impl EmuDevice {
         grid: u32,
         block: u32,
     ) -> Result<()> {
+        self.launch_with(
+            module,
+            function,
+            params,
+            LaunchShape {
+                grid: [grid, 1, 1],
+                block: [block, 1, 1],
+                dynamic_shared: 0,
+            },
+        )
+        .map(|_| ())
+    }
+
+    /// Runs `function` of image `module` with the parameter bytes `params` on a 3-D grid and
+    /// block with `shape.dynamic_shared` bytes of dynamic shared memory (synchronously: call it
+    /// from a stream task). Returns this launch's counters (also added to [`EmuDevice::metrics`]).
+    pub fn launch_with(
+        &self,
+        module: &str,
+        function: &str,
+        params: &[u8],
+        shape: LaunchShape,
+    ) -> Result<Metrics> {
         let m = self.module(module)?;
         let cfg = LaunchConfig {
-            grid: [grid, 1, 1],
-            block: [block, 1, 1],
+            grid: shape.grid,
+            block: shape.block,
+            dynamic_shared: shape.dynamic_shared,
             seed: self.options.seed,
             checks: self.options.checks,
             ..LaunchConfig::default()
@@ -122,7 +159,7 @@ impl EmuDevice {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .merge(&metrics);
-        Ok(())
+        Ok(metrics)
     }
 
     /// The counters summed over every launch on this device so far.
