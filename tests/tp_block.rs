@@ -13,10 +13,36 @@
 //! sums, and the layer norms' `dgamma`/`dbeta`, which the op stores in the block's dtype per
 //! rank (over the rank's tokens under sequence parallelism) before they are added up in f32.
 //! The linear layers' weight and bias gradients are f32 sums of products of stored values.
-//! f32 results are held to [`tol`] (unchanged); bf16 results to the bf16 reduction tolerance
-//! of their last step times a factor measured for one-ulp flips of stored intermediates, which
-//! the rounding model cannot remove (see [`BF16_FORWARD`]: 6 for the output, 10 for the input
-//! and layer norm gradients, 16 for the linear layers' parameter gradients).
+//! f32 results are held elementwise to [`tol`].
+//!
+//! bf16 results (see [`check_result`]) are held to the bf16 dtype tolerance norm-wise: for the
+//! output and the input gradient (each rank's tokens) and every gradient,
+//! `||got - want||_2 / ||want||_2 <= 1e-2` (`Tolerance::for_dtype(DType::BF16).rel`), plus an
+//! elementwise outlier guard, `|got - want| <= 1e-2 |want| + 4e-2 rms(want)` per element
+//! ([`BF16_GUARD_ABS`]). An elementwise relative tolerance alone cannot be met at the dtype
+//! tolerance: the rounding model leaves *flips*, an intermediate the block accumulates in f32
+//! and the reference in f64 landing within an f32 error of a bf16 rounding boundary and being
+//! stored one bf16 ulp (2^-8 to 2^-7 relative) apart. That is rare per value, but the block
+//! stores over 10^5 values per pass, cancelling steps (the softmax backward's `dy - sum(dy *
+//! y)`, the layer norm backward's `g - mean(g) - xhat * mean(g * xhat)`) make it likelier, and
+//! a flipped value moves on through every later GEMM, layer norm and f32-accumulated gradient
+//! sum; an element that cancels to near zero then carries an error of a few percent of the
+//! tensor's typical size. Modelling the flips would mean replaying the library's f32 summation
+//! orders. Measured over 60 seed sets (tensor-parallel sizes 1, 2, 3, 4, 8, sequence
+//! parallelism on and off, every rank; `bf16_error_survey` repeats it): the norm-wise error
+//! reached at most 6.9e-3 (`ln1.dgamma`; 4.9e-3 for the input gradient, 3.5e-3 for the
+//! output, 3.7e-3 for the linear layers' gradients), the largest elementwise error 4.5e-2 of
+//! the tensor's RMS (the input gradient), and the guard needed at most 2.95e-2 RMS (`dWqkv`).
+//! The criterion can fail, though only just for a missing rounding model: against the
+//! unrounded (pure f64) reference the sequence-parallel test fails the guard (`dWqkv` at
+//! p = 8, up to 1.07x its allowance) while every norm-wise error stays below 1e-2 (at most
+//! 9.8e-3) and the test without sequence parallelism passes; over 20 other seed sets that
+//! reference fails the norm-wise check too (up to 1.5e-2, `ln1.dbeta`) and the guard by up to
+//! 2.0x. Without the sequence-parallel all-reduce of the layer norms' gradients their
+//! norm-wise error is 0.4 to 1 (checked in [`check_block`]: the per-rank partial gradients
+//! must fail by 10x). This replaces elementwise factors of 6 to 16 over
+//! [`Tolerance::for_reduction`], which allowed 6-16% errors on typical elements and still
+//! failed correct results on other seed sets (the output at 1.22x its allowance over 20).
 //!
 //! Also: sequence parallelism on and off agree; under sequence parallelism the layer norms'
 //! gradients are per-rank partial sums until `allreduce_layernorm_grads` (and only then match
@@ -25,7 +51,8 @@
 mod common;
 
 use common::dense::{
-    add, bias_rows, cols, colsum, concat, mm_nn, mm_nt, mm_tn, reduce, round, scaled, worst_ratio,
+    add, bias_rows, cols, colsum, concat, max_err_over_rms, mm_nn, mm_nt, mm_tn, normwise_rel,
+    reduce, rms, round, scaled, worst_ratio,
 };
 use common::watchdog;
 use ferrotron::comm::{launch_with, CommConfig, Communicator, RankCtx};
@@ -50,26 +77,18 @@ const F: usize = 48;
 const EPS: f64 = 1e-5;
 const DTYPE: DType = DType::F32;
 const DTYPES: &[DType] = &[DType::F32, DType::BF16];
-/// bf16 tolerance factors over [`Tolerance::for_reduction`] (the reference rounds to bf16
-/// exactly where the block stores, see the module docs). What is left are *flips*: an
-/// intermediate the block accumulates in f32 and the reference in f64 lands within an f32
-/// error of a bf16 rounding boundary and is stored one bf16 ulp (2^-8 relative) apart (rare
-/// per value, but the block stores over 10^5 values per pass, and cancelling steps such as the
-/// softmax backward's `dy - sum(dy * y)` or the layer norm backward's `g - mean(g) - xhat *
-/// mean(g * xhat)` make it likelier). A flipped value moves on through every later GEMM, layer
-/// norm and f32-accumulated gradient sum, and an element that cancels to near zero then
-/// exceeds the one-rounding allowance several times over. The errors are flips, not a
-/// missing rounding point: most bf16 results match the reference bit for bit, also for p = 1. Modelling that would mean replaying the library's
-/// f32 summation orders, so the factors are the tightest that hold with margin (about 1.4x)
-/// over the worst error seen for 13 seed sets (the test's and 12 others): the forward output
-/// reached 3.9x the plain reduction tolerance, the input gradient and the layer norm
-/// gradients 7.4x, the linear layers' parameter gradients (sums over all the tokens of
-/// products of flipped activations) 11.2x.
-const BF16_FORWARD: f64 = 6.0;
-/// See [`BF16_FORWARD`].
-const BF16_BACKWARD: f64 = 10.0;
-/// See [`BF16_FORWARD`].
-const BF16_PARAM: f64 = 16.0;
+/// The bf16 elementwise outlier guard's relative part: the bf16 dtype tolerance
+/// (`Tolerance::for_dtype(DType::BF16).rel`). See [`BF16_GUARD_ABS`].
+const BF16_GUARD_REL: f64 = 1e-2;
+/// The bf16 elementwise outlier guard's absolute part, as a fraction of the reference tensor's
+/// RMS: `|got - want| <= 1e-2 |want| + 4e-2 rms(want)` for every element. The norm-wise check
+/// (see [`check_result`]) is the criterion; this one only bounds a single element, which a
+/// one-ulp flip of a stored intermediate (see the module docs) can move by a few percent of the
+/// tensor's typical size however close to zero the element is. Measured need at relative part
+/// 1e-2, over 60 seed sets (tensor-parallel sizes 1, 2, 3, 4, 8, sequence parallelism on and
+/// off, every rank): at most 2.95e-2 rms (`dWqkv`; 1.79e-2 for the input gradient, 1.35e-2 for
+/// the layer norms' gradients, 1.15e-2 for the output), so 4e-2 leaves a 1.36x margin.
+const BF16_GUARD_ABS: f64 = 4e-2;
 
 /// The gradients, in this order (LN grads first).
 const NAMES: [&str; 12] = [
@@ -118,12 +137,23 @@ fn tol() -> Tolerance {
     Tolerance::for_reduction(DTYPE, H).scaled(2.0)
 }
 
-/// The tolerance of a block result of `len` accumulated terms, of kind `class`: f32 [`tol`];
-/// bf16 [`Tolerance::for_reduction`] times the class's factor (see [`BF16_FORWARD`]).
-fn block_tol(dtype: DType, class: f64, len: usize) -> Tolerance {
+/// Checks one block result against the reference. f32: elementwise under [`tol`]. bf16: the
+/// norm-wise relative error `||got - want||_2 / ||want||_2` at most the bf16 dtype tolerance
+/// (`Tolerance::for_dtype(DType::BF16).rel`, 1e-2), and every element within the outlier guard
+/// [`BF16_GUARD_REL`] `|want|` + [`BF16_GUARD_ABS`] `rms(want)`.
+fn check_result(what: &str, got: &[f64], want: &[f64], dtype: DType) {
     match dtype {
-        DType::BF16 => Tolerance::for_reduction(dtype, len).scaled(class),
-        _ => tol(),
+        DType::BF16 => {
+            let limit = Tolerance::for_dtype(DType::BF16).rel;
+            let nw = normwise_rel(got, want);
+            assert!(
+                nw <= limit,
+                "{what}: norm-wise relative error {nw:.3e} > {limit:.0e} (the bf16 tolerance)"
+            );
+            let guard = Tolerance::new(BF16_GUARD_REL, BF16_GUARD_ABS * rms(want));
+            check(what, got, want, guard);
+        }
+        _ => check(what, got, want, tol()),
     }
 }
 
@@ -581,27 +611,36 @@ fn check_block(p: usize, sp: bool, seed: u64, dtype: DType) {
     let want = reference(&d, p, sp);
     for (r, o) in got.iter().enumerate() {
         let what = format!("block p={p} {dtype} sp={sp} rank {r}");
-        check(
+        check_result(
             &format!("{what} z"),
             &o.z,
             &tokens(&want.z, H, sp, r, p),
-            block_tol(dtype, BF16_FORWARD, F),
+            dtype,
         );
-        check(
+        check_result(
             &format!("{what} dx"),
             &o.dx,
             &tokens(&want.dx, H, sp, r, p),
-            block_tol(dtype, BF16_BACKWARD, 3 * H),
+            dtype,
         );
         assert_eq!(o.grads.len(), NAMES.len());
-        for (i, ((n, g), w)) in NAMES.iter().zip(&o.grads).zip(&want.grads).enumerate() {
-            // The layer norms' gradients come first (see NAMES).
-            let class = if i < 4 { BF16_BACKWARD } else { BF16_PARAM };
-            check(&format!("{what} {n}"), g, w, block_tol(dtype, class, S));
+        for ((n, g), w) in NAMES.iter().zip(&o.grads).zip(&want.grads) {
+            check_result(&format!("{what} {n}"), g, w, dtype);
         }
         if !sp {
             // Without SP the all-reduce is a no-op: the grads are the full ones already.
             assert_eq!(o.ln_before, o.grads[..4].to_vec(), "{what}: no-op expected");
+        } else if p > 1 && matches!(dtype, DType::BF16) {
+            // The bf16 criterion can fail: this rank's partial layer norm gradients (before the
+            // all-reduce) are about 1 norm-wise from the full ones, 100x the tolerance.
+            let limit = Tolerance::for_dtype(DType::BF16).rel;
+            for ((n, part), full) in NAMES.iter().zip(&o.ln_before).zip(&want.grads) {
+                let nw = normwise_rel(part, full);
+                assert!(
+                    nw > 10.0 * limit,
+                    "{what} {n}: a partial gradient is {nw:.3e} norm-wise from the full one"
+                );
+            }
         }
     }
 }
@@ -885,4 +924,56 @@ fn from_full_and_backward_reject_bad_arguments() {
             );
         }
     });
+}
+
+/// Not a check: prints, per bf16 block quantity, the largest norm-wise relative error, the
+/// largest `max |got - want| / rms(want)` and the largest RMS fraction the outlier guard needs
+/// at its relative part, over `SURVEY_SEEDS` (default 10) seed sets, every tensor-parallel size
+/// and sequence parallelism on and off: the measurement behind [`BF16_GUARD_ABS`], to repeat
+/// when the library's summation orders change
+/// (`cargo test --test tp_block -- --ignored --nocapture bf16_error_survey`).
+#[test]
+#[ignore]
+fn bf16_error_survey() {
+    let seeds: u64 = std::env::var("SURVEY_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let mut names = vec!["z", "dx"];
+    names.extend(NAMES);
+    // Per quantity: norm-wise, error / rms, guard need.
+    let mut worst = vec![[0.0f64; 3]; names.len()];
+    for seed in 1..=seeds {
+        for &p in WORLDS {
+            for sp in [false, true] {
+                let d = Data::with_dtype(seed * 1000 + p as u64 + 7 * sp as u64, DType::BF16);
+                let got = run(p, sp, &d);
+                let want = reference(&d, p, sp);
+                for (r, o) in got.iter().enumerate() {
+                    let mut pairs = vec![
+                        (o.z.clone(), tokens(&want.z, H, sp, r, p)),
+                        (o.dx.clone(), tokens(&want.dx, H, sp, r, p)),
+                    ];
+                    pairs.extend(o.grads.iter().cloned().zip(want.grads.iter().cloned()));
+                    for ((g, w), acc) in pairs.iter().zip(&mut worst) {
+                        let rm = rms(w);
+                        let need = g
+                            .iter()
+                            .zip(w)
+                            .map(|(a, b)| ((a - b).abs() - BF16_GUARD_REL * b.abs()) / rm)
+                            .fold(0.0, f64::max);
+                        let now = [normwise_rel(g, w), max_err_over_rms(g, w), need];
+                        for (a, v) in acc.iter_mut().zip(now) {
+                            *a = a.max(v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("bf16 block errors, max over {seeds} seed sets:");
+    eprintln!("quantity      norm-wise  err / rms  guard need (x rms)");
+    for (n, [nw, er, need]) in names.iter().zip(worst) {
+        eprintln!("{n:12} {nw:10.3e} {er:10.3e} {need:10.3e}");
+    }
 }

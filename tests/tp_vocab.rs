@@ -2,6 +2,13 @@
 //! (forward losses and backward logits gradient) and the vocab-parallel embedding (forward rows,
 //! backward weight gradient) for group sizes 1..4, f32 and bf16, against the single-device f64
 //! computation on the same full logits / table, with poisoned outputs; bad input as typed errors.
+//!
+//! The embedding under sequence parallelism (reduce-scattered output): each rank's `[n/tp, h]`
+//! output is bit for bit its rows of the all-reduced `[n, h]` output (exactly one rank
+//! contributes a nonzero row per token, so both sums are exact, in f32 and bf16), and the weight
+//! gradient from each rank's chunk of the output gradient (all-gathered in the backward) is bit
+//! for bit the one from the full output gradient (the same f32 sums in the same token order);
+//! tokens that do not divide by the group size are [`Error::NotDivisible`].
 
 mod common;
 
@@ -9,7 +16,7 @@ use common::watchdog;
 use ferrotron::comm::{launch_with, CommConfig, Communicator};
 use ferrotron::parallel::tp::vocab::{
     vocab_parallel_cross_entropy_bwd, vocab_parallel_cross_entropy_fwd, vocab_range,
-    VocabParallelEmbedding,
+    VocabParallelEmbedding, VocabParallelEmbeddingConfig,
 };
 use ferrotron::reference::cross_entropy::{cross_entropy_bwd_ref, cross_entropy_fwd_ref};
 use ferrotron::verify::{compare, random_vec, Tolerance};
@@ -118,8 +125,8 @@ fn vocab_parallel_embedding_matches_the_full_table() {
                     let mut y = Tensor::poisoned(&ctx.device, [N, H], dtype)?;
                     emb.forward(&s, &ctx.comm, &t, &mut y)?;
                     let d = Tensor::from_f64(&ctx.device, &dout, [N, H], dtype)?;
-                    emb.backward(&s, &t, &d)?;
-                    emb.backward(&s, &t, &d)?; // accumulates
+                    emb.backward(&s, &ctx.comm, &t, &d)?;
+                    emb.backward(&s, &ctx.comm, &t, &d)?; // accumulates
                     Ok((lo, hi, y.to_f64_vec(&s)?, emb.grad.to_f64_vec(&s)?))
                 })
                 .unwrap();
@@ -131,6 +138,169 @@ fn vocab_parallel_embedding_matches_the_full_table() {
                     let c = compare(g, &want, Tolerance::for_reduction(DType::F32, 4));
                     assert!(c.pass, "tp={w} {dtype} rank {rank} grad: {c}");
                 }
+            }
+        }
+    });
+}
+
+/// Tokens for the sequence-parallel embedding tests: divisible by 1, 2, 3 and 4.
+const N_SP: usize = 12;
+
+/// The embedding with and without sequence parallelism on the same shard, tokens and output
+/// gradient, on one rank of a group of `w`: (non-SP output, SP output, non-SP weight gradient
+/// from the full `dout`, SP weight gradient from this rank's chunk of `dout`, the vocabulary
+/// range).
+#[allow(clippy::type_complexity)]
+fn embed_both(
+    w: usize,
+    dtype: DType,
+    table: &[f64],
+    tok: &[i32],
+    dout: &[f64],
+) -> Vec<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, usize, usize)> {
+    let n = tok.len();
+    launch_with(w, BackendKind::Cpu, config(), |ctx| {
+        let (dev, r) = (&ctx.device, ctx.rank);
+        let s = dev.new_stream()?;
+        let (lo, hi) = vocab_range(V, r, w)?;
+        let shard = || Tensor::from_f64(dev, &table[lo * H..hi * H], [hi - lo, H], dtype);
+        let mut plain = VocabParallelEmbedding::new(&ctx.comm, shard()?)?;
+        let sp_cfg = VocabParallelEmbeddingConfig {
+            sequence_parallel: true,
+        };
+        let mut sp = VocabParallelEmbedding::with_config(&ctx.comm, shard()?, sp_cfg)?;
+        assert!(!plain.config().sequence_parallel && sp.config().sequence_parallel);
+        assert_eq!((plain.local_tokens(n)?, sp.local_tokens(n)?), (n, n / w));
+        let t = Tensor::from_slice(dev, tok, [n])?;
+        let mut y = Tensor::poisoned(dev, [n, H], dtype)?;
+        plain.forward(&s, &ctx.comm, &t, &mut y)?;
+        let rows = n / w;
+        let mut y_sp = Tensor::poisoned(dev, [rows, H], dtype)?;
+        sp.forward(&s, &ctx.comm, &t, &mut y_sp)?.wait()?;
+        let d = Tensor::from_f64(dev, dout, [n, H], dtype)?;
+        plain.backward(&s, &ctx.comm, &t, &d)?;
+        let chunk = &dout[r * rows * H..(r + 1) * rows * H];
+        let d_sp = Tensor::from_f64(dev, chunk, [rows, H], dtype)?;
+        sp.backward(&s, &ctx.comm, &t, &d_sp)?;
+        Ok((
+            y.to_f64_vec(&s)?,
+            y_sp.to_f64_vec(&s)?,
+            plain.grad.to_f64_vec(&s)?,
+            sp.grad.to_f64_vec(&s)?,
+            lo,
+            hi,
+        ))
+    })
+    .unwrap()
+}
+
+#[test]
+fn sequence_parallel_embedding_reduce_scatters_the_rows() {
+    watchdog(60, "tp_vocab_embedding_sp", || {
+        for &w in &[1usize, 2, 3, 4] {
+            for dtype in [DType::F32, DType::BF16] {
+                let table = rounded(dtype, &random_vec(31, V * H, -1.0, 1.0));
+                let mut tok: Vec<i32> = random_vec(32, N_SP, 0.0, V as f64 - 1e-9)
+                    .iter()
+                    .map(|&x| x as i32)
+                    .collect();
+                // Repeated tokens, also across the ranks' chunks: their gradients add up.
+                tok[5] = tok[0];
+                tok[N_SP - 1] = tok[0];
+                let dout = rounded(dtype, &random_vec(33, N_SP * H, -1.0, 1.0));
+                let mut want_grad = vec![0.0; V * H];
+                for (i, &t) in tok.iter().enumerate() {
+                    for j in 0..H {
+                        want_grad[t as usize * H + j] += dout[i * H + j];
+                    }
+                }
+                let rows = N_SP / w;
+                let out = embed_both(w, dtype, &table, &tok, &dout);
+                for (r, (y, y_sp, g, g_sp, lo, hi)) in out.iter().enumerate() {
+                    let what = format!("tp={w} {dtype} rank {r}");
+                    // This rank's rows of the all-reduced output, bit for bit (one nonzero
+                    // contribution per row: both collectives' sums are exact).
+                    assert_eq!(y_sp.len(), rows * H, "{what}");
+                    assert_eq!(
+                        y_sp[..],
+                        y[r * rows * H..(r + 1) * rows * H],
+                        "{what}: SP output rows"
+                    );
+                    // And they are the table's rows.
+                    let want: Vec<f64> = tok[r * rows..(r + 1) * rows]
+                        .iter()
+                        .flat_map(|&t| table[t as usize * H..(t as usize + 1) * H].to_vec())
+                        .collect();
+                    assert_eq!(y_sp, &want, "{what}: SP output vs table");
+                    // The weight gradient from this rank's dout chunk (all-gathered) is bit
+                    // for bit the one from the full dout: the same f32 sums in token order.
+                    assert_eq!(g_sp, g, "{what}: SP weight gradient");
+                    let c = compare(
+                        g_sp,
+                        &want_grad[lo * H..hi * H],
+                        Tolerance::for_reduction(DType::F32, 3),
+                    );
+                    assert!(c.pass, "{what} SP grad vs reference: {c}");
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn sequence_parallel_embedding_rejects_indivisible_tokens() {
+    watchdog(60, "tp_vocab_embedding_sp_errors", || {
+        for &w in &[2usize, 3, 4] {
+            let errs = launch_with(w, BackendKind::Cpu, config(), |ctx| {
+                let dev = &ctx.device;
+                let s = dev.new_stream()?;
+                let cfg = VocabParallelEmbeddingConfig {
+                    sequence_parallel: true,
+                };
+                let wt = Tensor::zeros(dev, [V / w, H], DType::F32)?;
+                let mut emb = VocabParallelEmbedding::with_config(&ctx.comm, wt, cfg)?;
+                // N = 7 tokens divide by none of 2, 3, 4.
+                let t = Tensor::from_slice(dev, &targets(41), [N])?;
+                let e_local = emb.local_tokens(N).unwrap_err();
+                let mut y = Tensor::poisoned(dev, [N / w, H], DType::F32)?;
+                let e_fwd = emb
+                    .forward(&s, &ctx.comm, &t, &mut y)
+                    .err()
+                    .expect("7 tokens");
+                let d = Tensor::zeros(dev, [N / w, H], DType::F32)?;
+                let e_bwd = emb.backward(&s, &ctx.comm, &t, &d).unwrap_err();
+                // The full-size output is the wrong shape under sequence parallelism.
+                let t12 = Tensor::from_slice(dev, &[0i32; N_SP], [N_SP])?;
+                let mut full = Tensor::poisoned(dev, [N_SP, H], DType::F32)?;
+                let e_shape = emb
+                    .forward(&s, &ctx.comm, &t12, &mut full)
+                    .err()
+                    .expect("[12, h] out");
+                // Nothing was enqueued and no collective issued: a good call still works on
+                // every rank, and the gradient is untouched.
+                let untouched = emb.grad.to_f64_vec(&s)?.iter().all(|&v| v == 0.0);
+                let mut y12 = Tensor::poisoned(dev, [N_SP / w, H], DType::F32)?;
+                emb.forward(&s, &ctx.comm, &t12, &mut y12)?.wait()?;
+                let ok = y12.to_f64_vec(&s)?.iter().all(|&v| v == 0.0);
+                Ok((e_local, e_fwd, e_bwd, e_shape, untouched && ok))
+            })
+            .unwrap();
+            for (r, (e_local, e_fwd, e_bwd, e_shape, ok)) in errs.into_iter().enumerate() {
+                let what = format!("tp={w} rank {r}");
+                for e in [e_local, e_fwd, e_bwd] {
+                    assert!(
+                        matches!(e, Error::NotDivisible { dim: N, parts, .. } if parts == w),
+                        "{what}: {e}"
+                    );
+                }
+                assert!(
+                    matches!(e_shape, Error::ShapeMismatch { .. }),
+                    "{what}: {e_shape}"
+                );
+                assert!(
+                    ok,
+                    "{what}: a rejected call touched the layer or the stream"
+                );
             }
         }
     });

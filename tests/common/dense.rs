@@ -109,3 +109,46 @@ pub fn worst_ratio(got: &[f64], want: &[f64], tol: ferrotron::verify::Tolerance)
         .map(|(g, w)| (g - w).abs() / (tol.abs + tol.rel * w.abs()))
         .fold(0.0, f64::max)
 }
+
+/// The root mean square of `v` (0 for an empty slice).
+pub fn rms(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt()
+}
+
+/// The norm-wise relative error `||got - want||_2 / ||want||_2`: how far a whole tensor is from
+/// its reference, insensitive to single elements that cancel to near zero. Infinite when the
+/// lengths differ, a value is not finite, or `want` is zero and `got` is not (0 when both are).
+pub fn normwise_rel(got: &[f64], want: &[f64]) -> f64 {
+    if got.len() != want.len() || got.iter().chain(want).any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let diff: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum();
+    let norm: f64 = want.iter().map(|w| w * w).sum();
+    match (diff == 0.0, norm == 0.0) {
+        (true, _) => 0.0,
+        (false, true) => f64::INFINITY,
+        (false, false) => (diff / norm).sqrt(),
+    }
+}
+
+/// The largest elementwise error relative to the reference's RMS, `max |got - want| /
+/// rms(want)` (infinite under the same conditions as [`normwise_rel`]).
+pub fn max_err_over_rms(got: &[f64], want: &[f64]) -> f64 {
+    if got.len() != want.len() || got.iter().chain(want).any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let err = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0, f64::max);
+    let r = rms(want);
+    match (err == 0.0, r == 0.0) {
+        (true, _) => 0.0,
+        (false, true) => f64::INFINITY,
+        (false, false) => err / r,
+    }
+}

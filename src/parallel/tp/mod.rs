@@ -9,7 +9,8 @@
 //!   [`TpStreams`].
 //! - [`mlp`]: [`ParallelMlp`], column -> fused bias+GeLU -> row.
 //! - [`shard`]: cutting a rank's shard from a full parameter and gathering the shards back.
-//! - [`vocab`]: [`VocabParallelEmbedding`] and the vocabulary-parallel cross-entropy.
+//! - [`vocab`]: [`VocabParallelEmbedding`] (with an optional sequence-parallel, reduce-scattered
+//!   output) and the vocabulary-parallel cross-entropy.
 
 pub mod attention;
 pub mod block;
@@ -33,7 +34,7 @@ pub use mlp::{MlpActivations, ParallelMlp, ParallelMlpConfig};
 pub use shard::{cut_shard, gather_shards, shard_of, Partition};
 pub use vocab::{
     padded_vocab_size, vocab_parallel_cross_entropy_bwd, vocab_parallel_cross_entropy_fwd,
-    vocab_range, CrossEntropyContext, VocabParallelEmbedding,
+    vocab_range, CrossEntropyContext, VocabParallelEmbedding, VocabParallelEmbeddingConfig,
 };
 
 pub use mappings::{

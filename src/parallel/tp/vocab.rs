@@ -10,6 +10,18 @@
 //!   the rows are summed over the group (all-reduce): `[n] -> [n, h]`, replicated. Backward
 //!   adds each output-gradient row into the weight-gradient row of its token, on the rank that
 //!   owns it, in token order (deterministic); no communication.
+//! - **Embedding under sequence parallelism**
+//!   ([`VocabParallelEmbeddingConfig::sequence_parallel`], off by default), as Megatron-Core's
+//!   `VocabParallelEmbedding` with `reduce_scatter_embeddings`: the summed rows are
+//!   reduce-scattered along the tokens instead of all-reduced
+//!   ([`reduce_scatter_to_sp_region_fwd`]), so rank `r` gets only its chunk
+//!   `[r·n/w, (r+1)·n/w)` of the output, `[n/w, h]`, the sequence-parallel input of the first
+//!   transformer block. The tokens are still all `n` of them on every rank. Backward takes this
+//!   rank's `[n/w, h]` chunk of the output gradient, all-gathers it along the tokens
+//!   ([`reduce_scatter_to_sp_region_bwd`]) and accumulates as above. `n` must divide by `w`
+//!   ([`Error::NotDivisible`] otherwise, before anything is enqueued). Exactly one rank
+//!   contributes a nonzero row per token, so the output rows are the table's rows exactly, with
+//!   or without sequence parallelism, and so is the gathered gradient.
 //! - **Cross-entropy** never gathers the logits: per row, the max over the shard is
 //!   all-reduced (max), then the target's logit (on the rank that owns it, 0 elsewhere) and the
 //!   shard's sum of `exp(logit - max)` are all-reduced (sum, packed into one call), and
@@ -22,6 +34,9 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::launch::{enqueue_host, float_dispatch, prepare};
+use crate::parallel::tp::mappings::{
+    reduce_scatter_to_sp_region_bwd, reduce_scatter_to_sp_region_fwd,
+};
 use crate::stream::Stream;
 use crate::tensor::{view, view_mut, Tensor};
 use crate::Element;
@@ -289,8 +304,22 @@ pub fn vocab_parallel_cross_entropy_bwd(
 
 // ---- embedding ---------------------------------------------------------------------------------
 
+/// How a [`VocabParallelEmbedding`] hands out its output (see the [module docs](self)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VocabParallelEmbeddingConfig {
+    /// Sequence parallelism: reduce-scatter the output along the tokens (this rank's `[n/tp, h]`
+    /// chunk) instead of all-reducing it (`[n, h]` on every rank); the backward then takes this
+    /// rank's chunk of the output gradient and all-gathers it. Off by default.
+    pub sequence_parallel: bool,
+}
+
 /// A vocabulary-parallel embedding: this rank's rows of the `[V, h]` table and their gradient
 /// (f32, accumulated).
+///
+/// | config | `tokens` | `out` (forward) / `dout` (backward) |
+/// |--------|----------|--------------------------------------|
+/// | default | `[n]`, every token | `[n, h]`, replicated (all-reduce) |
+/// | `sequence_parallel` | `[n]`, every token | `[n/tp, h]`, this rank's chunk of the tokens (reduce-scatter; `n` must divide by `tp`) |
 #[derive(Debug)]
 pub struct VocabParallelEmbedding {
     /// This rank's rows, `[V/tp, h]`.
@@ -299,12 +328,37 @@ pub struct VocabParallelEmbedding {
     pub grad: Tensor,
     vocab: usize,
     start: usize,
+    tp: usize,
+    config: VocabParallelEmbeddingConfig,
+}
+
+/// `tokens` must be i32 `[n]`; returns `n`.
+fn check_tokens(op: &'static str, tokens: &Tensor) -> Result<usize> {
+    if tokens.dims().len() != 1 {
+        return Err(Error::invalid(
+            op,
+            "tokens",
+            format!("must be [n], got {:?}", tokens.dims()),
+        ));
+    }
+    need(op, "tokens", tokens, tokens.dims(), Some(DType::I32))?;
+    Ok(tokens.numel())
 }
 
 impl VocabParallelEmbedding {
     /// Takes this rank's shard `weight` (`[V/tp, h]`, f32 or bf16) of a vocabulary of
-    /// `weight rows · tp` entries; the gradient starts at zero.
+    /// `weight rows · tp` entries, with the default configuration (no sequence parallelism);
+    /// the gradient starts at zero.
     pub fn new(comm: &dyn Communicator, weight: Tensor) -> Result<VocabParallelEmbedding> {
+        VocabParallelEmbedding::with_config(comm, weight, VocabParallelEmbeddingConfig::default())
+    }
+
+    /// [`VocabParallelEmbedding::new`] with `config` (e.g. sequence parallelism).
+    pub fn with_config(
+        comm: &dyn Communicator,
+        weight: Tensor,
+        config: VocabParallelEmbeddingConfig,
+    ) -> Result<VocabParallelEmbedding> {
         const OP: &str = "VocabParallelEmbedding::new";
         if weight.dims().len() != 2 || weight.numel() == 0 {
             return Err(Error::invalid(
@@ -322,14 +376,71 @@ impl VocabParallelEmbedding {
         Ok(VocabParallelEmbedding {
             vocab: vs * comm.size(),
             start: vs * comm.rank(),
+            tp: comm.size(),
+            config,
             weight,
             grad,
         })
     }
 
+    /// The configuration.
+    pub fn config(&self) -> VocabParallelEmbeddingConfig {
+        self.config
+    }
+
+    /// The rows of this rank's output (and output gradient) for `n` tokens: `n / tp` under
+    /// sequence parallelism, else `n`.
+    ///
+    /// Errors: [`Error::NotDivisible`] when sequence parallel and `n % tp != 0`.
+    pub fn local_tokens(&self, n: usize) -> Result<usize> {
+        self.local_rows("VocabParallelEmbedding::local_tokens", n)
+    }
+
+    fn local_rows(&self, op: &'static str, n: usize) -> Result<usize> {
+        if !self.config.sequence_parallel {
+            return Ok(n);
+        }
+        if n % self.tp != 0 {
+            return Err(Error::NotDivisible {
+                what: format!(
+                    "{op}: tokens (sequence parallelism reduce-scatters the embedding output \
+                     along them)"
+                ),
+                dim: n,
+                parts: self.tp,
+                why: "tensor-parallel size".into(),
+            });
+        }
+        Ok(n / self.tp)
+    }
+
+    fn check_group(&self, op: &'static str, comm: &dyn Communicator) -> Result<()> {
+        if comm.size() != self.tp || comm.rank() * (self.vocab / self.tp) != self.start {
+            return Err(Error::invalid(
+                op,
+                "comm",
+                format!(
+                    "is rank {} of {}, not the embedding's group (rank {} of {})",
+                    comm.rank(),
+                    comm.size(),
+                    self.start / (self.vocab / self.tp),
+                    self.tp
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// `out[i, :] = table[tokens[i], :]`: the local lookup (zero rows for tokens another rank
-    /// owns), then the all-reduce over the group. `tokens` is i32 `[n]`, `out` `[n, h]` of the
-    /// weight's dtype. The returned [`Work`] completes with the all-reduce.
+    /// owns), then the all-reduce over the group, or under sequence parallelism the
+    /// reduce-scatter along the tokens, which leaves this rank's chunk
+    /// `tokens[r·n/tp .. (r+1)·n/tp]` of the rows. `tokens` is i32 `[n]` (all of them, on every
+    /// rank), `out` `[n, h]` (`[n/tp, h]` under sequence parallelism) of the weight's dtype. The
+    /// returned [`Work`] completes with the collective.
+    ///
+    /// Errors (before anything is enqueued): shape and dtype errors, [`Error::NotDivisible`]
+    /// when under sequence parallelism `n` does not divide by the group size,
+    /// [`Error::InvalidArgument`] when `comm` is not the embedding's group.
     pub fn forward(
         &self,
         stream: &Stream,
@@ -338,59 +449,87 @@ impl VocabParallelEmbedding {
         out: &mut Tensor,
     ) -> Result<Work> {
         const OP: &str = "VocabParallelEmbedding::forward";
-        if tokens.dims().len() != 1 {
-            return Err(Error::invalid(
-                OP,
-                "tokens",
-                format!("must be [n], got {:?}", tokens.dims()),
-            ));
-        }
-        need(OP, "tokens", tokens, tokens.dims(), Some(DType::I32))?;
-        let (n, vs, h) = (tokens.numel(), self.weight.dims()[0], self.weight.dims()[1]);
-        need(OP, "out", out, &[n, h], Some(self.weight.dtype()))?;
+        self.check_group(OP, comm)?;
+        let n = check_tokens(OP, tokens)?;
+        let (vs, h) = (self.weight.dims()[0], self.weight.dims()[1]);
+        let rows = self.local_rows(OP, n)?;
+        need(OP, "out", out, &[rows, h], Some(self.weight.dtype()))?;
+        let sp = self.config.sequence_parallel;
+        // Under sequence parallelism the lookup goes to a full-size scratch tensor that the
+        // reduce-scatter then splits (it lives as long as the work that uses it).
+        let full = if sp {
+            Some(Tensor::poisoned(
+                stream.device(),
+                [n, h],
+                self.weight.dtype(),
+            )?)
+        } else {
+            None
+        };
         let (vocab, start) = (self.vocab, self.start);
         let dtype = self.weight.dtype();
-        let reads = [("weight", &self.weight), ("tokens", tokens)];
-        let writes = [("out", &*out)];
-        prepare(stream, OP, &reads, &writes)?;
-        enqueue_host(stream, OP, &reads, &writes, move |l| {
-            let (r, mut wr) = l.io();
-            let t = view::<i32>(r[1]);
-            check_targets(OP, t, vocab)?;
-            float_dispatch!(dtype, T => {
-                let wt = view::<T>(r[0]);
-                let o = view_mut::<T>(&mut *wr[0]);
-                for (i, &tok) in t.iter().enumerate() {
-                    let row = &mut o[i * h..(i + 1) * h];
-                    let tok = tok as usize;
-                    if (start..start + vs).contains(&tok) {
-                        row.copy_from_slice(&wt[(tok - start) * h..(tok - start + 1) * h]);
-                    } else {
-                        row.fill(T::default());
+        {
+            let target: &Tensor = full.as_ref().unwrap_or(&*out);
+            let reads = [("weight", &self.weight), ("tokens", tokens)];
+            let writes = [("out", target)];
+            prepare(stream, OP, &reads, &writes)?;
+            enqueue_host(stream, OP, &reads, &writes, move |l| {
+                let (r, mut wr) = l.io();
+                let t = view::<i32>(r[1]);
+                check_targets(OP, t, vocab)?;
+                float_dispatch!(dtype, T => {
+                    let wt = view::<T>(r[0]);
+                    let o = view_mut::<T>(&mut *wr[0]);
+                    for (i, &tok) in t.iter().enumerate() {
+                        let row = &mut o[i * h..(i + 1) * h];
+                        let tok = tok as usize;
+                        if (start..start + vs).contains(&tok) {
+                            row.copy_from_slice(&wt[(tok - start) * h..(tok - start + 1) * h]);
+                        } else {
+                            row.fill(T::default());
+                        }
                     }
-                }
+                });
+                Ok(())
             });
-            Ok(())
-        });
-        comm.all_reduce(stream, out, ReduceOp::Sum)
+        }
+        match full.as_ref() {
+            Some(full) => reduce_scatter_to_sp_region_fwd(stream, comm, full, out),
+            None => comm.all_reduce(stream, out, ReduceOp::Sum),
+        }
     }
 
     /// `grad[tokens[i] - start, :] += dout[i, :]` for the tokens this rank owns, in token order
-    /// (deterministic). `dout` is `[n, h]` (the same on every rank, as after the forward's
-    /// all-reduce). No communication.
-    pub fn backward(&mut self, stream: &Stream, tokens: &Tensor, dout: &Tensor) -> Result<()> {
+    /// (deterministic). `tokens` is i32 `[n]` (all of them, on every rank). Without sequence
+    /// parallelism `dout` is `[n, h]` (the same on every rank, as after the forward's
+    /// all-reduce) and there is no communication; under sequence parallelism `dout` is this
+    /// rank's `[n/tp, h]` chunk (as the forward's output), all-gathered along the tokens first.
+    ///
+    /// Errors (before anything is enqueued): shape and dtype errors, [`Error::NotDivisible`]
+    /// when under sequence parallelism `n` does not divide by the group size,
+    /// [`Error::InvalidArgument`] when `comm` is not the embedding's group.
+    pub fn backward(
+        &mut self,
+        stream: &Stream,
+        comm: &dyn Communicator,
+        tokens: &Tensor,
+        dout: &Tensor,
+    ) -> Result<()> {
         const OP: &str = "VocabParallelEmbedding::backward";
-        if tokens.dims().len() != 1 {
-            return Err(Error::invalid(
-                OP,
-                "tokens",
-                format!("must be [n], got {:?}", tokens.dims()),
-            ));
-        }
-        need(OP, "tokens", tokens, tokens.dims(), Some(DType::I32))?;
-        let (n, vs, h) = (tokens.numel(), self.weight.dims()[0], self.weight.dims()[1]);
-        need(OP, "dout", dout, &[n, h], None)?;
+        self.check_group(OP, comm)?;
+        let n = check_tokens(OP, tokens)?;
+        let (vs, h) = (self.weight.dims()[0], self.weight.dims()[1]);
+        let rows = self.local_rows(OP, n)?;
+        need(OP, "dout", dout, &[rows, h], None)?;
         float(OP, "dout", dout)?;
+        let gathered = if self.config.sequence_parallel {
+            let mut full = Tensor::poisoned(stream.device(), [n, h], dout.dtype())?;
+            reduce_scatter_to_sp_region_bwd(stream, comm, dout, &mut full)?;
+            Some(full)
+        } else {
+            None
+        };
+        let dout = gathered.as_ref().unwrap_or(dout);
         let (vocab, start) = (self.vocab, self.start);
         let dtype = dout.dtype();
         let reads = [("tokens", tokens), ("dout", dout)];
