@@ -71,10 +71,48 @@ fn every_layout_trains_like_one_rank() {
                     "{what} step {s}: loss {g} vs one rank {w} (rel {rel:.2e})"
                 );
             }
+            // The tied embedding/head copies are bitwise equal wherever they live: for every
+            // (dp, tp) position, the first stage's embedding copy and the last stage's head copy.
+            let mut by_pos: std::collections::BTreeMap<(usize, usize), Vec<u64>> =
+                Default::default();
+            for r in &got.ranks {
+                by_pos
+                    .entry((r.coords.0, r.coords.2))
+                    .or_default()
+                    .extend(&r.tied_hashes);
+            }
+            for (pos, h) in &by_pos {
+                assert_eq!(h.len(), 2, "{what} {pos:?}: two copies of the tied matrix");
+                assert_eq!(h[0], h[1], "{what} {pos:?}: tied copies diverged");
+            }
             // Every rank did the same number of steps and reported its memory.
             assert!(got.ranks.iter().all(|r| r.step_seconds.len() == STEPS));
             assert!(got.ranks.iter().all(|r| r.memory.total() > 0));
         }
+    });
+}
+
+/// Without the tied-gradient reduction the copies would drift apart; with untied weights the
+/// model trains too (a different model: its own loss curve, still layout-independent).
+#[test]
+fn untied_layout_trains_like_one_rank() {
+    watchdog(120, "untied_layout_trains_like_one_rank", || {
+        let untied = |dp, pp, tp| {
+            let mut c = cfg(dp, pp, tp);
+            c.model.tie_embeddings = false;
+            c
+        };
+        let want = train(&untied(1, 1, 1), &|_, _, _| {})
+            .expect("one rank")
+            .losses;
+        let got = train(&untied(2, 2, 2), &|_, _, _| {})
+            .expect("2x2x2")
+            .losses;
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() / w.abs() < 1e-4, "{g} vs {w}");
+        }
+        let tied = train(&cfg(1, 1, 1), &|_, _, _| {}).expect("tied").losses;
+        assert_ne!(tied, want, "tying changes the model");
     });
 }
 

@@ -39,6 +39,11 @@ pub struct GptConfig {
     pub seq: usize,
     /// Seed of every weight.
     pub seed: u64,
+    /// The LM head is the embedding matrix (GPT-2's weight tying). Across pipeline stages the
+    /// first and last stage each hold a copy whose gradients are summed over the embedding
+    /// group before the optimizer step ([`GptStage::reduce_tied_grads`]), so the copies stay
+    /// identical.
+    pub tie_embeddings: bool,
 }
 
 impl GptConfig {
@@ -53,6 +58,7 @@ impl GptConfig {
             layers: 4,
             seq: 16,
             seed: 1234,
+            tie_embeddings: true,
         }
     }
 
@@ -106,7 +112,8 @@ impl GptConfig {
     pub fn parameters(&self) -> usize {
         let (v, h, f) = (self.vocab, self.hidden, self.ffn);
         let block = 4 * h + 3 * h * h + 3 * h + h * h + h + f * h + f + h * f + h;
-        v * h + self.layers * block + 2 * h + v * h
+        let head = if self.tie_embeddings { 0 } else { v * h };
+        v * h + self.layers * block + 2 * h + head
     }
 }
 
@@ -162,6 +169,7 @@ pub struct GptStage {
     head: Option<ColumnParallelLinear>,
     tp: Arc<dyn Communicator>,
     eps: f32,
+    tied: bool,
 }
 
 struct GptSaved {
@@ -196,7 +204,7 @@ impl GptStage {
         let (h, v, p, r) = (cfg.hidden, cfg.vocab, tp.size(), tp.rank());
         let per = cfg.layers / stages;
         let embed = if stage == 0 {
-            let emb = full(stream, cfg, 1, &[v, h], -0.5, 0.5)?;
+            let emb = full(stream, cfg, 1, &[v, h], -0.1, 0.1)?;
             let mut shard = Tensor::poisoned(stream.device(), [v / p, h], DType::F32)?;
             crate::ops::shard::split_first(stream, &emb, r, p, &mut shard)?;
             Some(VocabParallelEmbedding::new(&*tp, shard)?)
@@ -225,14 +233,19 @@ impl GptStage {
         let (final_ln, head) = if stage + 1 == stages {
             let g = full(stream, cfg, 2, &[h], 0.9, 1.1)?;
             let b = full(stream, cfg, 3, &[h], -0.05, 0.05)?;
-            let w = full(
-                stream,
-                cfg,
-                4,
-                &[v, h],
-                -0.5 / (h as f64).sqrt(),
-                0.5 / (h as f64).sqrt(),
-            )?;
+            // Tied: the embedding matrix itself (the head's vocabulary shard is the embedding's).
+            let w = if cfg.tie_embeddings {
+                full(stream, cfg, 1, &[v, h], -0.1, 0.1)?
+            } else {
+                full(
+                    stream,
+                    cfg,
+                    4,
+                    &[v, h],
+                    -0.5 / (h as f64).sqrt(),
+                    0.5 / (h as f64).sqrt(),
+                )?
+            };
             let hc = ColumnParallelConfig {
                 bias: false,
                 ..ColumnParallelConfig::new(h, v)
@@ -251,7 +264,66 @@ impl GptStage {
             head,
             tp,
             eps: cfg.block().layernorm_eps,
+            tied: cfg.tie_embeddings,
         })
+    }
+
+    /// With tied embeddings, after the step's last backward and before the optimizer: makes the
+    /// gradient of every copy of the tied matrix the sum over all copies. On a stage holding
+    /// both the embedding and the head (a single-stage pipeline) the two are added locally; on
+    /// the first or last of several stages this copy's gradient is all-reduced (sum) over
+    /// `embedding_group` (first and last stage of this rank's (dp, tp) position; Megatron's
+    /// embedding group), on `stream`. A no-op without tying or on a middle stage.
+    ///
+    /// Errors: [`Error::InvalidArgument`] when a first/last stage of a multi-stage pipeline gets
+    /// no group; whatever the ops and the collective report.
+    pub fn reduce_tied_grads(
+        &mut self,
+        stream: &Stream,
+        embedding_group: Option<&dyn Communicator>,
+    ) -> Result<()> {
+        const OP: &str = "GptStage::reduce_tied_grads";
+        if !self.tied {
+            return Ok(());
+        }
+        match (self.embed.as_mut(), self.head.as_mut()) {
+            (Some(e), Some(hd)) => {
+                let mut sum = Tensor::poisoned(stream.device(), e.grad.dims(), DType::F32)?;
+                crate::ops::bias::add(stream, &e.grad, hd.grad_weight(), &mut sum)?;
+                crate::ops::shard::copy(stream, &sum, &mut e.grad)?;
+                crate::ops::shard::copy(stream, &sum, hd.grad_weight_mut())?;
+                Ok(())
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                let g = embedding_group.ok_or_else(|| {
+                    Error::invalid(OP, "embedding_group", "a tied first/last stage needs it")
+                })?;
+                let grad = match (self.embed.as_mut(), self.head.as_mut()) {
+                    (Some(e), _) => &mut e.grad,
+                    (_, Some(hd)) => hd.grad_weight_mut(),
+                    _ => unreachable!("matched above"),
+                };
+                g.all_reduce(stream, grad, crate::comm::ReduceOp::Sum)?;
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        }
+    }
+
+    /// The copies of the tied matrix on this stage (embedding shard, then head shard), empty
+    /// on a middle stage or without tying.
+    pub fn tied_weights(&self) -> Vec<&Tensor> {
+        if !self.tied {
+            return Vec::new();
+        }
+        let mut v = Vec::new();
+        if let Some(e) = &self.embed {
+            v.push(&e.weight);
+        }
+        if let Some(hd) = &self.head {
+            v.push(hd.weight());
+        }
+        v
     }
 
     /// Every `(parameter, gradient)` pair of this stage's shard, in a fixed order (embedding,

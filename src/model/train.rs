@@ -97,6 +97,11 @@ pub struct RankReport {
     pub bytes: GroupBytes,
     /// The training state this rank holds (ZeRO-1 accounting).
     pub memory: ZeroMemory,
+    /// This rank's (dp, pp, tp) coordinates.
+    pub coords: (usize, usize, usize),
+    /// A hash of the bits of each copy of the tied embedding/head matrix on this rank, after
+    /// the last step (copies on the first and last stage of one (dp, tp) position must agree).
+    pub tied_hashes: Vec<u64>,
 }
 
 /// The whole run.
@@ -166,6 +171,13 @@ pub fn sequence(cfg: &TrainConfig, step: usize, i: usize) -> Vec<i32> {
     out
 }
 
+/// FNV-1a over the bits of `v`.
+fn hash_bits(v: &[f32]) -> u64 {
+    v.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ u64::from(x.to_bits())).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 fn counts(c: &CommCounts) -> u64 {
     c.total()
 }
@@ -221,7 +233,7 @@ fn train_rank(
     let mesh = Mesh::new(&ctx.comm, cfg.dp, cfg.pp, cfg.tp)?;
     let c = mesh.coords();
     let groups = mesh.into_groups();
-    let (tp_g, dp_g, pp_g) = (groups.tp, groups.dp, groups.pp);
+    let (tp_g, dp_g, pp_g, emb_g) = (groups.tp, groups.dp, groups.pp, groups.embedding);
     let tp_count = Counting::new(tp_g);
     let (tp_bytes, dp_c, pp_c) = (tp_count.counts(), Counting::new(dp_g), Counting::new(pp_g));
     let (dp_bytes, pp_bytes) = (dp_c.counts(), pp_c.counts());
@@ -295,6 +307,10 @@ fn train_rank(
                 },
             )?;
         }
+        // Tied embedding/head gradients summed over their copies before ZeRO's reduce-scatter.
+        for ch in &mut chunks {
+            ch.reduce_tied_grads(s, emb_g.as_deref())?;
+        }
         {
             let mut ps: Vec<&mut Tensor> = Vec::new();
             let mut gs: Vec<&Tensor> = Vec::new();
@@ -325,7 +341,15 @@ fn train_rank(
             progress(step, *losses.last().unwrap_or(&f64::NAN), secs);
         }
     }
+    let mut tied_hashes = Vec::new();
+    for ch in &chunks {
+        for w in ch.tied_weights() {
+            tied_hashes.push(hash_bits(&w.to_vec::<f32>(s)?));
+        }
+    }
     Ok(RankReport {
+        coords: (c.dp, c.pp, c.tp),
+        tied_hashes,
         rank: ctx.rank,
         losses: if c.pp == last_pp && c.dp == 0 && c.tp == 0 {
             losses
