@@ -161,10 +161,11 @@ pub fn summary(cfg: &TrainConfig, r: &TrainReport, verify: Option<&TrainReport>)
     };
     let _ = writeln!(
         s,
-        "bytes per rank (max) tp {:.2} MiB, dp {:.2} MiB, pp {:.2} MiB over the run",
+        "bytes per rank (max) tp {:.2} MiB, dp {:.2} MiB, pp {:.2} MiB, embedding {:.2} MiB over the run",
         mib(max(&|x| x.bytes.tp)),
         mib(max(&|x| x.bytes.dp)),
-        mib(max(&|x| x.bytes.pp))
+        mib(max(&|x| x.bytes.pp)),
+        mib(max(&|x| x.bytes.embedding))
     );
     let peak = r.ranks.iter().map(|x| x.memory).max_by_key(|m| m.total());
     if let Some(m) = peak {

@@ -82,6 +82,8 @@ pub struct GroupBytes {
     pub dp: u64,
     /// Pipeline group (activations and gradients, sent plus received).
     pub pp: u64,
+    /// Embedding group (the tied embedding/head gradient all-reduce).
+    pub embedding: u64,
 }
 
 /// What one rank reports.
@@ -233,7 +235,9 @@ fn train_rank(
     let mesh = Mesh::new(&ctx.comm, cfg.dp, cfg.pp, cfg.tp)?;
     let c = mesh.coords();
     let groups = mesh.into_groups();
-    let (tp_g, dp_g, pp_g, emb_g) = (groups.tp, groups.dp, groups.pp, groups.embedding);
+    let (tp_g, dp_g, pp_g) = (groups.tp, groups.dp, groups.pp);
+    let emb_g = groups.embedding.map(Counting::new);
+    let emb_bytes = emb_g.as_ref().map(Counting::counts);
     let tp_count = Counting::new(tp_g);
     let (tp_bytes, dp_c, pp_c) = (tp_count.counts(), Counting::new(dp_g), Counting::new(pp_g));
     let (dp_bytes, pp_bytes) = (dp_c.counts(), pp_c.counts());
@@ -309,7 +313,7 @@ fn train_rank(
         }
         // Tied embedding/head gradients summed over their copies before ZeRO's reduce-scatter.
         for ch in &mut chunks {
-            ch.reduce_tied_grads(s, emb_g.as_deref())?;
+            ch.reduce_tied_grads(s, emb_g.as_ref().map(|g| g as &dyn Communicator))?;
         }
         {
             let mut ps: Vec<&mut Tensor> = Vec::new();
@@ -361,6 +365,7 @@ fn train_rank(
             tp: counts(&tp_bytes),
             dp: counts(&dp_bytes),
             pp: pp_bytes.send.load(Ordering::Relaxed) + pp_bytes.recv.load(Ordering::Relaxed),
+            embedding: emb_bytes.map_or(0, |c| counts(&c)),
         },
         memory: opt.memory(),
     })
