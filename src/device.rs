@@ -68,6 +68,26 @@ struct DeviceInner {
     label: String,
     cuda: Option<CudaDevice>,
     emu: Option<EmuHandle>,
+    memory: MemoryCounters,
+}
+
+/// Bytes of tensor buffers alive on a device, now and at most since the last reset.
+#[derive(Debug, Default)]
+struct MemoryCounters {
+    current: std::sync::atomic::AtomicU64,
+    peak: std::sync::atomic::AtomicU64,
+}
+
+/// A device's tensor memory: bytes of buffers alive now, and the most alive at once since the
+/// device was made (or [`Device::reset_peak_memory`]). Counts every tensor buffer (parameters,
+/// gradients, activations, communication buffers) of every handle to the device; a buffer is
+/// freed when its last user, including asynchronous work on a stream, lets go of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// Bytes alive now.
+    pub current: u64,
+    /// Most bytes alive at once.
+    pub peak: u64,
 }
 
 impl fmt::Debug for Device {
@@ -92,6 +112,7 @@ impl Device {
                 label: "cpu".to_string(),
                 cuda: None,
                 emu: None,
+                memory: MemoryCounters::default(),
             }),
         }
     }
@@ -113,6 +134,7 @@ impl Device {
                 label: format!("cuda:{ordinal}"),
                 cuda: Some(cu),
                 emu: None,
+                memory: MemoryCounters::default(),
             }),
         })
     }
@@ -135,6 +157,7 @@ impl Device {
                 label: format!("emu:{ordinal}"),
                 cuda: None,
                 emu: Some(Arc::new(emu)),
+                memory: MemoryCounters::default(),
             }),
         })
     }
@@ -187,6 +210,34 @@ impl Device {
     /// The configuration.
     pub fn config(&self) -> &DeviceConfig {
         &self.inner.config
+    }
+
+    /// Tensor memory on this device: bytes alive now and the peak (see [`MemoryUsage`]).
+    pub fn memory_usage(&self) -> MemoryUsage {
+        use std::sync::atomic::Ordering::Relaxed;
+        MemoryUsage {
+            current: self.inner.memory.current.load(Relaxed),
+            peak: self.inner.memory.peak.load(Relaxed),
+        }
+    }
+
+    /// Starts a new peak: the peak becomes the bytes alive now.
+    pub fn reset_peak_memory(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.inner.memory;
+        m.peak.store(m.current.load(Relaxed), Relaxed);
+    }
+
+    pub(crate) fn note_alloc(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.inner.memory;
+        let now = m.current.fetch_add(bytes, Relaxed) + bytes;
+        m.peak.fetch_max(now, Relaxed);
+    }
+
+    pub(crate) fn note_free(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.inner.memory.current.fetch_sub(bytes, Relaxed);
     }
 
     /// Whether checked mode is on.

@@ -31,7 +31,7 @@ pub mod stream;
 pub mod tensor;
 pub mod verify;
 
-pub use device::{BackendKind, Device, DeviceConfig};
+pub use device::{BackendKind, Device, DeviceConfig, MemoryUsage};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use shape::Shape;

@@ -357,3 +357,21 @@ fn failures_propagate_through_events() {
         assert_eq!(x.to_vec::<f32>(&other).unwrap(), vec![1.0, 2.0, 3.0]);
     });
 }
+
+/// The device counts live tensor bytes: allocation adds, the last drop (after the stream that
+/// used the buffer let go) subtracts, and the peak remembers the most alive at once.
+#[test]
+fn device_memory_usage_counts_live_tensors() {
+    let dev = ferrotron::Device::cpu();
+    assert_eq!(dev.memory_usage().current, 0);
+    let a = ferrotron::Tensor::zeros(&dev, [256], ferrotron::DType::F32).unwrap();
+    let b = ferrotron::Tensor::zeros(&dev, [128], ferrotron::DType::BF16).unwrap();
+    assert_eq!(dev.memory_usage().current, 1024 + 256);
+    drop(a);
+    let u = dev.memory_usage();
+    assert_eq!((u.current, u.peak), (256, 1280));
+    dev.reset_peak_memory();
+    assert_eq!(dev.memory_usage().peak, 256);
+    drop(b);
+    assert_eq!(dev.memory_usage().current, 0);
+}

@@ -167,11 +167,20 @@ pub fn summary(cfg: &TrainConfig, r: &TrainReport, verify: Option<&TrainReport>)
         mib(max(&|x| x.bytes.pp)),
         mib(max(&|x| x.bytes.embedding))
     );
+    let _ = writeln!(
+        s,
+        "peak memory per rank {} MiB (device counter: every live tensor incl. activations), by rank",
+        r.ranks
+            .iter()
+            .map(|x| format!("{:.3}", mib(x.peak_bytes)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let peak = r.ranks.iter().map(|x| x.memory).max_by_key(|m| m.total());
     if let Some(m) = peak {
         let _ = writeln!(
             s,
-            "memory per rank (max) {:.3} MiB: params {:.3}, grads {:.3}, optimizer {:.3} (ZeRO-1; activations not counted)",
+            "training state (max) {:.3} MiB: params {:.3}, grads {:.3}, optimizer {:.3} (ZeRO-1 accounting)",
             mib(m.total() as u64),
             mib(m.params as u64),
             mib(m.grads as u64),

@@ -99,6 +99,9 @@ pub struct RankReport {
     pub bytes: GroupBytes,
     /// The training state this rank holds (ZeRO-1 accounting).
     pub memory: ZeroMemory,
+    /// The most tensor memory alive at once on this rank's device over the run (parameters,
+    /// gradients, optimizer state, activations, communication buffers): the device's counter.
+    pub peak_bytes: u64,
     /// This rank's (dp, pp, tp) coordinates.
     pub coords: (usize, usize, usize),
     /// A hash of the bits of each copy of the tied embedding/head matrix on this rank, after
@@ -352,6 +355,7 @@ fn train_rank(
         }
     }
     Ok(RankReport {
+        peak_bytes: dev.memory_usage().peak,
         coords: (c.dp, c.pp, c.tp),
         tied_hashes,
         rank: ctx.rank,

@@ -42,6 +42,13 @@ pub(crate) struct Buffer {
     access: Mutex<AccessState>,
 }
 
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        self.device
+            .note_free((self.len * self.dtype.size_in_bytes()) as u64);
+    }
+}
+
 impl Buffer {
     pub fn id(&self) -> u64 {
         self.id
@@ -119,6 +126,7 @@ impl Tensor {
             (None, Some(emu)) => Memory::Emu(emu.upload(data.as_bytes(), poison)?),
             (None, None) => Memory::Host(RwLock::new(data)),
         };
+        device.note_alloc((len * dtype.size_in_bytes()) as u64);
         Ok(Tensor {
             buf: Arc::new(Buffer {
                 id,
