@@ -174,3 +174,33 @@ fn a_kernel_reading_poisoned_memory_fails_the_stream_with_a_typed_error() {
         assert!(y.to_vec::<f32>(&s).is_err());
     });
 }
+
+/// `ferrotron bench kernels --quick`: every kernel-backed op runs on the emulator, and the
+/// counters say the kernels are well built: compulsory global traffic equals the ideal (each
+/// input read once, each output written once) within 5% — except the bias+GeLU backward with
+/// dbias, which is two passes over dy and x (a known 1.67x, reported) — and the GEMMs have no
+/// shared-memory bank conflicts.
+#[test]
+fn kernel_bench_counters() {
+    if !kernels_or_skip("kernel_bench_counters") {
+        return;
+    }
+    let rows = ferrotron::bench::kernels::bench(true).expect("bench");
+    assert!(rows.len() >= 10, "{} rows", rows.len());
+    for r in &rows {
+        let ratio = r.bytes_ratio();
+        if r.name.starts_with("bias_gelu_bwd") {
+            assert!(ratio < 1.7, "{}: {ratio}", r.name);
+        } else {
+            assert!(
+                ratio <= 1.05,
+                "{} {}: compulsory/ideal {ratio}",
+                r.name,
+                r.shape
+            );
+        }
+        assert_eq!(r.metrics.shared_bank_conflicts, 0, "{}", r.name);
+        assert!(r.metrics.thread_instructions > 0, "{}", r.name);
+    }
+    print!("{}", ferrotron::bench::kernels::table(&rows));
+}

@@ -3,6 +3,7 @@
 
 pub mod comm;
 pub mod emu;
+pub mod kernels;
 pub mod pp;
 pub mod tp;
 pub mod train;

@@ -227,6 +227,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Every kernel-backed op on the emulator: bytes moved vs ideal, sectors per request, bank
+    /// conflicts, H100 roofline estimate (no GPU timing without a GPU).
+    Kernels {
+        /// Smaller shapes (seconds instead of tens of seconds).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Collectives, as an nccl-tests table, with a memcpy baseline measured in the same run.
     Comm {
         /// all_reduce, all_gather, reduce_scatter or broadcast.
@@ -257,16 +264,23 @@ enum BenchWhat {
 }
 
 fn bench_comm(what: BenchWhat) -> Result<(), String> {
-    let BenchWhat::Comm {
-        op,
-        ranks,
-        min,
-        max,
-        factor,
-        dtype,
-        iters,
-        warmup,
-    } = what;
+    let (op, ranks, min, max, factor, dtype, iters, warmup) = match what {
+        BenchWhat::Kernels { quick } => {
+            let rows = ferrotron::bench::kernels::bench(quick).map_err(|e| e.to_string())?;
+            print!("{}", ferrotron::bench::kernels::table(&rows));
+            return Ok(());
+        }
+        BenchWhat::Comm {
+            op,
+            ranks,
+            min,
+            max,
+            factor,
+            dtype,
+            iters,
+            warmup,
+        } => (op, ranks, min, max, factor, dtype, iters, warmup),
+    };
     let op = BenchOp::parse(&op).ok_or(format!("unknown --op {op}"))?;
     let dtype = match dtype.as_str() {
         "f32" => DType::F32,

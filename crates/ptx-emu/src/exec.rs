@@ -188,6 +188,9 @@ pub(crate) struct Launch<'a> {
     pub globals: &'a [u64],
     pub cfg: &'a LaunchConfig,
     metrics: Metrics,
+    /// Every global sector loaded / stored by the launch (for the compulsory traffic).
+    load_sectors_seen: std::collections::HashSet<u64>,
+    store_sectors_seen: std::collections::HashSet<u64>,
     class_counts: [u64; 12],
     /// Set while an `ldmatrix` reads matrix `i` (its rows form one request).
     phase: Option<u8>,
@@ -291,6 +294,8 @@ impl<'a> Launch<'a> {
             globals,
             cfg,
             metrics: Metrics::default(),
+            load_sectors_seen: std::collections::HashSet::new(),
+            store_sectors_seen: std::collections::HashSet::new(),
             class_counts: [0; 12],
             phase: None,
             executed: 0,
@@ -368,6 +373,8 @@ impl<'a> Launch<'a> {
                 self.metrics.by_class.insert(Class::ALL[i], n);
             }
         }
+        self.metrics.unique_load_sectors = self.load_sectors_seen.len() as u64;
+        self.metrics.unique_store_sectors = self.store_sectors_seen.len() as u64;
         Ok(self.metrics)
     }
 
@@ -506,9 +513,11 @@ impl<'a> Launch<'a> {
                     if kind == ReqKind::GlobalLoad {
                         m.global_load_requests += 1;
                         m.global_load_sectors += items.len() as u64;
+                        self.load_sectors_seen.extend(items.iter().copied());
                     } else {
                         m.global_store_requests += 1;
                         m.global_store_sectors += items.len() as u64;
+                        self.store_sectors_seen.extend(items.iter().copied());
                     }
                 }
                 ReqKind::Shared | ReqKind::SharedPhase(_) => {

@@ -38,6 +38,11 @@ pub struct Metrics {
     pub global_store_requests: u64,
     /// 32-byte sectors those stores touched.
     pub global_store_sectors: u64,
+    /// Distinct 32-byte sectors loaded in each launch (summed over launches): the traffic of a
+    /// cache that never evicts, i.e. the compulsory DRAM reads.
+    pub unique_load_sectors: u64,
+    /// Distinct 32-byte sectors stored in each launch (summed over launches).
+    pub unique_store_sectors: u64,
     /// Bytes the threads asked to read from global memory.
     pub global_bytes_read: u64,
     /// Bytes the threads asked to write to global memory.
@@ -64,6 +69,8 @@ impl Metrics {
         }
         self.global_load_requests += other.global_load_requests;
         self.global_load_sectors += other.global_load_sectors;
+        self.unique_load_sectors += other.unique_load_sectors;
+        self.unique_store_sectors += other.unique_store_sectors;
         self.global_store_requests += other.global_store_requests;
         self.global_store_sectors += other.global_store_sectors;
         self.global_bytes_read += other.global_bytes_read;
@@ -88,6 +95,12 @@ impl Metrics {
     /// Bytes moved between the SMs and global memory if every sector went to DRAM once.
     pub fn dram_bytes(&self) -> u64 {
         32 * (self.global_load_sectors + self.global_store_sectors)
+    }
+
+    /// Compulsory bytes: every distinct sector of each launch moved once (what an ideal cache
+    /// lets through to DRAM); compare with the bytes an ideal kernel needs.
+    pub fn compulsory_bytes(&self) -> u64 {
+        32 * (self.unique_load_sectors + self.unique_store_sectors)
     }
 
     /// The roofline estimate of this work on `gpu`.
@@ -136,6 +149,13 @@ impl fmt::Display for Metrics {
             self.global_load_sectors,
             self.sectors_per_load_request(),
             self.global_bytes_read
+        )?;
+        writeln!(
+            f,
+            "distinct sectors: {} loaded, {} stored ({} compulsory bytes)",
+            self.unique_load_sectors,
+            self.unique_store_sectors,
+            self.compulsory_bytes()
         )?;
         writeln!(
             f,

@@ -226,15 +226,18 @@ impl GradReducer {
                 ),
             ));
         }
+        // Bucket by bucket: the compute stream waits for one bucket's all-reduce, then unpacks
+        // just its gradients, so work enqueued after a gradient's unpack waits only on the
+        // buckets up to its own.
         for (b, w) in self.works.iter_mut().enumerate() {
             let w = w.take().ok_or_else(|| {
                 Error::invalid(OP, format!("bucket {b}"), "its all-reduce never launched")
             })?;
             compute.wait(w.event())?;
-        }
-        for (i, g) in grads.iter_mut().enumerate() {
-            let (b, off) = self.plan.location[i];
-            unpack(compute, &self.flats[b], off, g)?;
+            let bucket = &self.plan.buckets[b];
+            for (j, i) in bucket.params.clone().enumerate() {
+                unpack(compute, &self.flats[b], bucket.offsets[j], grads[i])?;
+            }
         }
         self.packed.iter_mut().for_each(|p| *p = false);
         for (m, b) in self.missing.iter_mut().zip(&self.plan.buckets) {
