@@ -285,8 +285,7 @@ fn generated_kernels_on_the_emulator_match_the_evaluator() {
             Dtype::F32 => 2f64.powi(-24),
             Dtype::Bf16 => 2f64.powi(-8),
         };
-        for e in 0..rows * cols {
-            let (g, w) = (got[e], want.values[e]);
+        for (e, (&g, &w)) in got.iter().zip(&want.values).enumerate() {
             assert!(
                 w.is_finite(),
                 "case {ci}: the evaluator produced {w} (generator bug)"
