@@ -19,6 +19,8 @@
 //!   one rounding on store) whose name is a stable hash of the expression;
 //! - [`eval`]: the CPU evaluator of the same graph in f64, the oracle the kernel is tested
 //!   against;
+//! - [`run`]: nvcc to sm_80 PTX and ptx-emu, so a generated kernel is checked against the
+//!   evaluator on any machine ([`parse`] reads expressions from text for the command line);
 //! - the graph itself, simplified as it is built: constants fold, and structurally equal
 //!   subexpressions are one node (common-subexpression elimination by hash-consing), so the
 //!   emitted code computes each value once, deterministically.
@@ -26,3 +28,5 @@
 pub mod emit;
 pub mod eval;
 pub mod expr;
+pub mod parse;
+pub mod run;

@@ -17,12 +17,12 @@
 use codegen::emit::{elementwise, Kernel};
 use codegen::eval::evaluate;
 use codegen::expr::{gelu, gelu_grad, Bcast, BinOp, CmpOp, Dtype, Expr, Graph, UnOp};
+use codegen::run::{compile_ptx, run_on_emu, tolerance};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
-use ptx_emu::{LaunchConfig, Memory, Module};
+use ptx_emu::{Memory, Module};
 use std::path::PathBuf;
-use std::process::Command;
 
 /// An expression tree as plain data (what proptest generates).
 #[derive(Clone, Debug)]
@@ -155,16 +155,6 @@ fn values(seed: u64, n: usize, dtype: Dtype) -> Vec<f64> {
         .collect()
 }
 
-fn bytes_of(v: &[f64], dtype: Dtype) -> Vec<u8> {
-    match dtype {
-        Dtype::F32 => v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
-        Dtype::Bf16 => v
-            .iter()
-            .flat_map(|x| half::bf16::from_f64(*x).to_bits().to_le_bytes())
-            .collect(),
-    }
-}
-
 #[test]
 fn generated_kernels_on_the_emulator_match_the_evaluator() {
     let Some(nvcc) = nvcc() else {
@@ -219,18 +209,8 @@ fn generated_kernels_on_the_emulator_match_the_evaluator() {
             b_dtype,
         });
     }
-    let dir = std::env::temp_dir().join(format!("ferrotron-codegen-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    let (cu, ptx) = (dir.join("fused.cu"), dir.join("fused.ptx"));
-    std::fs::write(&cu, &source).expect("write .cu");
-    let st = Command::new(&nvcc)
-        .args(["-ptx", "-arch=sm_80", "-O3", "-o"])
-        .arg(&ptx)
-        .arg(&cu)
-        .status()
-        .expect("run nvcc");
-    assert!(st.success(), "nvcc failed on {}", cu.display());
-    let module = Module::parse(&std::fs::read_to_string(&ptx).expect("read ptx"))
+    let ptx = compile_ptx(&nvcc, &source).unwrap_or_else(|e| panic!("{e}"));
+    let module = Module::parse(&ptx)
         .unwrap_or_else(|e| panic!("the emulator rejects the generated PTX: {e}"));
     let mem = Memory::new();
     let loaded = module.load(&mem, 0).expect("load");
@@ -242,56 +222,14 @@ fn generated_kernels_on_the_emulator_match_the_evaluator() {
         let s = values(10 * ci as u64 + 3, rows, Dtype::F32);
         let k = values(10 * ci as u64 + 4, 1, Dtype::F32);
         let want = evaluate(&c.expr, rows, cols, &[&x, &b, &s, &k]).expect("evaluate");
-        let up = |bytes: Vec<u8>| {
-            let a = mem.alloc(0, bytes.len() as u64).expect("alloc");
-            mem.write(a, &bytes).expect("write");
-            a
-        };
-        let ptrs = [
-            up(bytes_of(&x, c.x_dtype)),
-            up(bytes_of(&b, c.b_dtype)),
-            up(bytes_of(&s, Dtype::F32)),
-        ];
-        let out_bytes = (rows * cols * c.kernel.out.size()) as u64;
-        let out = mem.alloc(0, out_bytes).expect("alloc out");
-        mem.poison(out, out_bytes).expect("poison");
-        let params = c
-            .kernel
-            .params(&ptrs, out, rows as u64, cols as u64, &[k[0] as f32]);
-        let blocks = (rows * cols).div_ceil(128).min(4) as u32;
-        loaded
-            .launch(&c.kernel.name, &params, &LaunchConfig::linear(blocks, 128))
+        let got = run_on_emu(&loaded, &mem, &c.kernel, rows, cols, &[&x, &b, &s, &k])
             .unwrap_or_else(|e| panic!("case {ci} {}: {e}", c.kernel.canonical));
-        let mut raw = vec![0u8; out_bytes as usize];
-        mem.read_bytes(out, &mut raw).expect("read");
-        let got: Vec<f64> = match c.kernel.out {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|b| f64::from(f32::from_le_bytes(b.try_into().expect("4"))))
-                .collect(),
-            Dtype::Bf16 => raw
-                .chunks_exact(2)
-                .map(|b| {
-                    half::bf16::from_bits(u16::from_le_bytes(b.try_into().expect("2"))).to_f64()
-                })
-                .collect(),
-        };
-        let u = if c.rounds_bf16 {
-            2f64.powi(-9)
-        } else {
-            2f64.powi(-24)
-        };
-        let r_out = match c.kernel.out {
-            Dtype::F32 => 2f64.powi(-24),
-            Dtype::Bf16 => 2f64.powi(-8),
-        };
         for (e, (&g, &w)) in got.iter().zip(&want.values).enumerate() {
             assert!(
                 w.is_finite(),
                 "case {ci}: the evaluator produced {w} (generator bug)"
             );
-            let tol = 2.0 * r_out * w.abs()
-                + 16.0 * (want.depth.max(1) as f64) * u * want.scale[e].max(1e-30);
+            let tol = tolerance(c.kernel.out, c.rounds_bf16, want.depth, want.scale[e], w);
             let err = (g - w).abs();
             assert!(
                 g.is_finite() && err <= tol,
@@ -307,5 +245,4 @@ fn generated_kernels_on_the_emulator_match_the_evaluator() {
         cases.len(),
         names.len()
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
