@@ -204,3 +204,35 @@ fn kernel_bench_counters() {
     }
     print!("{}", ferrotron::bench::kernels::table(&rows));
 }
+
+/// `ferrotron codegen`: the kernel text always; with an nvcc (`FERROTRON_NVCC`), the generated
+/// kernel run on the emulator against the evaluator.
+#[test]
+fn codegen_command_emits_and_checks() {
+    use ferrotron::bench::codegen::{codegen, parse_input};
+    let ins: Vec<String> = ["x:bf16:full", "b:bf16:row", "s:f32:scalar"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let text = codegen("gelu(x + b) * s", &ins, codegen::expr::Dtype::Bf16, None).expect("emit");
+    assert!(text.contains("__global__ void ft_fused_"), "{text}");
+    assert!(parse_input("x:f64:full").is_err());
+    assert!(parse_input("x:f32").is_err());
+    assert!(codegen("gelu(y)", &ins, codegen::expr::Dtype::F32, None).is_err());
+    if std::env::var_os("FERROTRON_NVCC").is_none() {
+        println!("codegen --check skipped: FERROTRON_NVCC is not set");
+        return;
+    }
+    let ins: Vec<String> = ["x:f32:full", "r:f32:col", "k:f32:scalar"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let text = codegen(
+        "max(x * r, -k) - erf(x) / (1 + abs(r))",
+        &ins,
+        codegen::expr::Dtype::F32,
+        Some((5, 67)),
+    )
+    .expect("check passes");
+    assert!(text.contains("-> PASS"), "{text}");
+}

@@ -1,6 +1,7 @@
 //! Benchmarks that print tables people already know how to read (nccl-tests for collectives),
 //! each with its baseline measured in the same run.
 
+pub mod codegen;
 pub mod comm;
 pub mod emu;
 pub mod kernels;

@@ -205,6 +205,32 @@ enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// Generate the CUDA C kernel of a fused elementwise expression (the code generator) and,
+    /// with --check, run it on the PTX emulator against the f64 evaluator (needs nvcc:
+    /// FERROTRON_NVCC).
+    Codegen {
+        /// The expression, e.g. "gelu(x + b) * s".
+        #[arg(long)]
+        expr: String,
+        /// Inputs as name:dtype:bcast (dtype f32|bf16, bcast full|row|col|scalar), in order.
+        #[arg(long = "input", default_values_t = ["x:bf16:full".to_string(), "b:bf16:row".to_string(), "s:f32:scalar".to_string()])]
+        inputs: Vec<String>,
+        /// Output dtype (f32 or bf16).
+        #[arg(long, default_value = "bf16")]
+        out: String,
+        /// What to emit (only cuda).
+        #[arg(long, default_value = "cuda")]
+        emit: String,
+        /// Run on the emulator against the evaluator.
+        #[arg(long)]
+        check: bool,
+        /// Rows for --check.
+        #[arg(long, default_value_t = 7)]
+        rows: usize,
+        /// Columns for --check.
+        #[arg(long, default_value_t = 129)]
+        cols: usize,
+    },
     /// Print the dp x pp x tp mesh: every rank's coordinates and its tp, dp, pp and embedding
     /// groups (tp fastest, then dp, then pp, as Megatron lays them out).
     Mesh {
@@ -590,6 +616,43 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Codegen {
+            expr,
+            inputs,
+            out,
+            emit,
+            check,
+            rows,
+            cols,
+        } => {
+            let out = match out.as_str() {
+                "f32" => codegen::expr::Dtype::F32,
+                "bf16" => codegen::expr::Dtype::Bf16,
+                o => {
+                    eprintln!("ferrotron codegen: --out {o} (f32 or bf16)");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if emit != "cuda" {
+                eprintln!("ferrotron codegen: --emit {emit} (only cuda)");
+                return ExitCode::FAILURE;
+            }
+            match ferrotron::bench::codegen::codegen(
+                &expr,
+                &inputs,
+                out,
+                check.then_some((rows, cols)),
+            ) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ferrotron codegen: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Mesh { dp, pp, tp } => match ferrotron::parallel::mesh::Layout::new(dp, pp, tp) {
             Ok(l) => {
                 print!("{}", l.describe());
