@@ -251,6 +251,24 @@ fn cases() -> Vec<Case> {
             run: bias_gelu_bwd_case,
         },
         Case {
+            op: "add",
+            dtypes: FLOATS,
+            shapes: &[&[1, 1], &[7, 129], &[64, 1000], &[3, 5, 66]],
+            run: add_case,
+        },
+        Case {
+            op: "bias_add",
+            dtypes: FLOATS,
+            shapes: &[&[1, 1], &[7, 129], &[64, 1000], &[3, 5, 66]],
+            run: bias_add_case,
+        },
+        Case {
+            op: "column_sum",
+            dtypes: FLOATS,
+            shapes: &[&[1, 1], &[7, 129], &[64, 1000], &[3, 5, 66]],
+            run: column_sum_case,
+        },
+        Case {
             op: "layernorm_fwd",
             dtypes: FLOATS,
             shapes: &[&[1, 7], &[7, 129], &[64, 64]],
@@ -603,6 +621,64 @@ fn bias_gelu_bwd_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64) -> Resu
             got: db.to_f64_vec(s)?,
             want: wdb,
             tol: Tolerance::for_reduction(dtype, rows),
+        },
+    ])
+}
+
+fn add_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64) -> Result<Vec<Out>> {
+    let (a, av) = input(s, sh, dtype, seed, -2.0, 2.0)?;
+    let (b, bv) = input(s, sh, dtype, seed + 1, -2.0, 2.0)?;
+    let mut out = poisoned(s, sh, dtype)?;
+    ops::bias::add(s, &a, &b, &mut out)?;
+    Ok(vec![Out {
+        name: "",
+        got: out.to_f64_vec(s)?,
+        want: av.iter().zip(&bv).map(|(x, y)| x + y).collect(),
+        tol: Tolerance::for_dtype(dtype),
+    }])
+}
+
+fn bias_add_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64) -> Result<Vec<Out>> {
+    let (_, cols) = rows_cols(sh);
+    let (x, xv) = input(s, sh, dtype, seed, -2.0, 2.0)?;
+    let (b, bv) = input(s, &[cols], dtype, seed + 1, -1.0, 1.0)?;
+    let mut y = poisoned(s, sh, dtype)?;
+    ops::bias::bias_add(s, &x, &b, &mut y)?;
+    Ok(vec![Out {
+        name: "",
+        got: y.to_f64_vec(s)?,
+        want: xv
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + bv[i % cols])
+            .collect(),
+        tol: Tolerance::for_dtype(dtype),
+    }])
+}
+
+/// Column sums into an f32 and a `dtype` output, the latter accumulating onto random values.
+fn column_sum_case(s: &Stream, dtype: DType, sh: &[usize], seed: u64) -> Result<Vec<Out>> {
+    let (rows, cols) = rows_cols(sh);
+    let (x, xv) = input(s, sh, dtype, seed, -2.0, 2.0)?;
+    let sums: Vec<f64> = (0..cols)
+        .map(|c| (0..rows).map(|r| xv[r * cols + c]).sum())
+        .collect();
+    let mut o32 = poisoned(s, &[cols], DType::F32)?;
+    ops::bias::column_sum(s, &x, &mut o32, false)?;
+    let (mut acc, accv) = input(s, &[cols], dtype, seed + 1, -1.0, 1.0)?;
+    ops::bias::column_sum(s, &x, &mut acc, true)?;
+    Ok(vec![
+        Out {
+            name: "f32",
+            got: o32.to_f64_vec(s)?,
+            want: sums.clone(),
+            tol: Tolerance::for_reduction(DType::F32, rows),
+        },
+        Out {
+            name: "accumulate",
+            got: acc.to_f64_vec(s)?,
+            want: sums.iter().zip(&accv).map(|(a, b)| a + b).collect(),
+            tol: Tolerance::for_reduction(dtype, rows + 1),
         },
     ])
 }

@@ -19,12 +19,14 @@ mod launch;
 pub mod mpi;
 #[cfg(feature = "nccl")]
 pub mod nccl;
+pub mod peer;
 mod reduce;
 mod signature;
 pub mod threads;
 
 pub use counting::{CommCounts, Counting};
 pub use launch::{launch, launch_with, RankCtx};
+pub use peer::{PeerComm, PeerConfig};
 pub use signature::{CollOp, ReduceOp, Signature};
 
 use crate::error::{Error, Result};

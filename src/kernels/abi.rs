@@ -240,3 +240,662 @@ impl Default for FtGemmParams {
         }
     }
 }
+/** Parameters of `ft_add_{f32,bf16}` (kernels/elementwise/residual.cu): `out[i] = a[i] + b[i]`
+ for `i < n`, summed in f32 and rounded once. `out` may not overlap `a` or `b` partially
+ (`out == a` is allowed).*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct FtAddParams {
+    /// First input, `[n]`.
+    pub a: *const ::std::os::raw::c_void,
+    /// Second input, `[n]`.
+    pub b: *const ::std::os::raw::c_void,
+    /// Output, `[n]`.
+    pub out: *mut ::std::os::raw::c_void,
+    /// Number of elements.
+    pub n: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of FtAddParams"][::std::mem::size_of::<FtAddParams>() - 32usize];
+    ["Alignment of FtAddParams"][::std::mem::align_of::<FtAddParams>() - 8usize];
+    ["Offset of field: FtAddParams::a"][::std::mem::offset_of!(FtAddParams, a) - 0usize];
+    ["Offset of field: FtAddParams::b"][::std::mem::offset_of!(FtAddParams, b) - 8usize];
+    [
+        "Offset of field: FtAddParams::out",
+    ][::std::mem::offset_of!(FtAddParams, out) - 16usize];
+    [
+        "Offset of field: FtAddParams::n",
+    ][::std::mem::offset_of!(FtAddParams, n) - 24usize];
+};
+impl Default for FtAddParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** Parameters of `ft_bias_add_{f32,bf16}` (kernels/elementwise/residual.cu):
+ `y[r, c] = x[r, c] + bias[c]`, summed in f32 and rounded once.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct FtBiasAddParams {
+    /// Input, `[rows, cols]` row-major.
+    pub x: *const ::std::os::raw::c_void,
+    /// Bias, `[cols]`.
+    pub bias: *const ::std::os::raw::c_void,
+    /// Output, `[rows, cols]` row-major.
+    pub y: *mut ::std::os::raw::c_void,
+    /// Number of rows.
+    pub rows: u64,
+    /// Number of columns; the bias length.
+    pub cols: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of FtBiasAddParams"][::std::mem::size_of::<FtBiasAddParams>() - 40usize];
+    ["Alignment of FtBiasAddParams"][::std::mem::align_of::<FtBiasAddParams>() - 8usize];
+    [
+        "Offset of field: FtBiasAddParams::x",
+    ][::std::mem::offset_of!(FtBiasAddParams, x) - 0usize];
+    [
+        "Offset of field: FtBiasAddParams::bias",
+    ][::std::mem::offset_of!(FtBiasAddParams, bias) - 8usize];
+    [
+        "Offset of field: FtBiasAddParams::y",
+    ][::std::mem::offset_of!(FtBiasAddParams, y) - 16usize];
+    [
+        "Offset of field: FtBiasAddParams::rows",
+    ][::std::mem::offset_of!(FtBiasAddParams, rows) - 24usize];
+    [
+        "Offset of field: FtBiasAddParams::cols",
+    ][::std::mem::offset_of!(FtBiasAddParams, cols) - 32usize];
+};
+impl Default for FtBiasAddParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** Parameters of `ft_column_sum_<x>_<out>` (kernels/elementwise/residual.cu; `<x>_<out>` is
+ `f32_f32`, `bf16_bf16` or `bf16_f32`): `s[c] = x[0, c] + ... + x[rows - 1, c]` in f32, rows
+ added in order starting from zero; then `out[c] = s[c]`, or with `accumulate != 0`,
+ `out[c] = out[c] + s[c]` (one f32 addition), rounded once to the output type.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct FtColumnSumParams {
+    /// Input, `[rows, cols]` row-major.
+    pub x: *const ::std::os::raw::c_void,
+    /// Output, `[cols]` (also read when `accumulate != 0`).
+    pub out: *mut ::std::os::raw::c_void,
+    /// Number of rows.
+    pub rows: u64,
+    /// Number of columns.
+    pub cols: u64,
+    /// Non-zero: add the sums to `out` instead of overwriting it.
+    pub accumulate: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of FtColumnSumParams"][::std::mem::size_of::<FtColumnSumParams>() - 40usize];
+    [
+        "Alignment of FtColumnSumParams",
+    ][::std::mem::align_of::<FtColumnSumParams>() - 8usize];
+    [
+        "Offset of field: FtColumnSumParams::x",
+    ][::std::mem::offset_of!(FtColumnSumParams, x) - 0usize];
+    [
+        "Offset of field: FtColumnSumParams::out",
+    ][::std::mem::offset_of!(FtColumnSumParams, out) - 8usize];
+    [
+        "Offset of field: FtColumnSumParams::rows",
+    ][::std::mem::offset_of!(FtColumnSumParams, rows) - 16usize];
+    [
+        "Offset of field: FtColumnSumParams::cols",
+    ][::std::mem::offset_of!(FtColumnSumParams, cols) - 24usize];
+    [
+        "Offset of field: FtColumnSumParams::accumulate",
+    ][::std::mem::offset_of!(FtColumnSumParams, accumulate) - 32usize];
+};
+impl Default for FtColumnSumParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** Parameters of `ft_layernorm_fwd_{f32,bf16}` (kernels/norm/layernorm.cu): per row,
+ `mean = sum(x) / cols`, `var = sum((x - mean)^2) / cols` (biased, two passes),
+ `rstd = 1 / sqrt(var + eps)`, `y = (x - mean) * rstd * gamma + beta`; `mean` and `rstd` are
+ stored as f32. `y` may not overlap any input.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct FtLayerNormFwdParams {
+    /// Input, `[rows, cols]` row-major.
+    pub x: *const ::std::os::raw::c_void,
+    /// Scale, `[cols]`.
+    pub gamma: *const ::std::os::raw::c_void,
+    /// Shift, `[cols]`.
+    pub beta: *const ::std::os::raw::c_void,
+    /// Output, `[rows, cols]` row-major.
+    pub y: *mut ::std::os::raw::c_void,
+    /// Row means (f32), `[rows]`.
+    pub mean: *mut ::std::os::raw::c_void,
+    /// Row reciprocal standard deviations (f32), `[rows]`.
+    pub rstd: *mut ::std::os::raw::c_void,
+    /// Number of rows.
+    pub rows: u64,
+    /// Number of columns (the normalised dimension).
+    pub cols: u64,
+    /// Added to the variance; positive.
+    pub eps: f32,
+    /// Unused; keeps the struct free of padding (set to 0).
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of FtLayerNormFwdParams",
+    ][::std::mem::size_of::<FtLayerNormFwdParams>() - 72usize];
+    [
+        "Alignment of FtLayerNormFwdParams",
+    ][::std::mem::align_of::<FtLayerNormFwdParams>() - 8usize];
+    [
+        "Offset of field: FtLayerNormFwdParams::x",
+    ][::std::mem::offset_of!(FtLayerNormFwdParams, x) - 0usize];
+    [
+        "Offset of field: FtLayerNormFwdParams::gamma",
+    ][::std::mem::offset_of!(FtLayerNormFwdParams, gamma) - 8usize];
+    [
+        "Offset of field: FtLayerNormFwdParams::beta",
+    ][::std::mem::offset_of!(FtLayerNormFwdParams, beta) - 16usize];
+    [
+        "Offset of field: FtLayerNormFwdParams::y",
+    ][::std::mem::offset_of!(FtLayerNormFwdParams, y) - 24usize];
+    [
+        "Offset of field: FtLayerNormFwdParams::mean",
+    ][::std::mem::offset_of!(FtLayerNormFwdParams, mean) - 32usize];
+    [
+        "Offset of field: FtLayerNormFwdParams::rstd",
+    ][::std::mem::offset_of!(FtLayerNormFwdParams, rstd) - 40usize];
+    [
+        "Offset of field: FtLayerNormFwdParams::rows",
+    ][::std::mem::offset_of!(FtLayerNormFwdParams, rows) - 48usize];
+    [
+        "Offset of field: FtLayerNormFwdParams::cols",
+    ][::std::mem::offset_of!(FtLayerNormFwdParams, cols) - 56usize];
+    [
+        "Offset of field: FtLayerNormFwdParams::eps",
+    ][::std::mem::offset_of!(FtLayerNormFwdParams, eps) - 64usize];
+    [
+        "Offset of field: FtLayerNormFwdParams::reserved",
+    ][::std::mem::offset_of!(FtLayerNormFwdParams, reserved) - 68usize];
+};
+impl Default for FtLayerNormFwdParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** Parameters of `ft_layernorm_bwd_{f32,bf16}` (dx, one block per row; fused path: also the
+ per-block partial dgamma / dbeta) and `ft_layernorm_dparams_{f32,bf16}` (dgamma, dbeta, one
+ thread per column: the partials in block order, or the rows in order) in
+ kernels/norm/layernorm.cu. With `xhat = (x - mean) * rstd` and `g = dy * gamma`:
+ `dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat))`, `dgamma[c] = sum_r dy * xhat`,
+ `dbeta[c] = sum_r dy` (f32 accumulators, rounded once).*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct FtLayerNormBwdParams {
+    /// Gradient of the output, `[rows, cols]`.
+    pub dy: *const ::std::os::raw::c_void,
+    /// The forward input, `[rows, cols]`.
+    pub x: *const ::std::os::raw::c_void,
+    /// The forward scale, `[cols]`.
+    pub gamma: *const ::std::os::raw::c_void,
+    /// The forward's row means (f32), `[rows]`.
+    pub mean: *const ::std::os::raw::c_void,
+    /// The forward's row rstd (f32), `[rows]`.
+    pub rstd: *const ::std::os::raw::c_void,
+    /// Gradient of the input, `[rows, cols]`.
+    pub dx: *mut ::std::os::raw::c_void,
+    /// Gradient of gamma, `[cols]`.
+    pub dgamma: *mut ::std::os::raw::c_void,
+    /// Gradient of beta, `[cols]`.
+    pub dbeta: *mut ::std::os::raw::c_void,
+    /** Fused path: f32 `[partial_blocks, 2, cols]`, the dx kernel's per-block partial sums of
+  `dy * xhat` and `dy` (its blocks' rows in grid-stride order), which the dparams kernel
+  adds up in block order; NULL: the dparams kernel sums the rows itself.*/
+    pub partials: *mut ::std::os::raw::c_void,
+    /// Number of rows.
+    pub rows: u64,
+    /// Number of columns.
+    pub cols: u64,
+    /// Fused path: the dx kernel's grid size (it must equal gridDim.x of that launch), else 0.
+    pub partial_blocks: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of FtLayerNormBwdParams",
+    ][::std::mem::size_of::<FtLayerNormBwdParams>() - 96usize];
+    [
+        "Alignment of FtLayerNormBwdParams",
+    ][::std::mem::align_of::<FtLayerNormBwdParams>() - 8usize];
+    [
+        "Offset of field: FtLayerNormBwdParams::dy",
+    ][::std::mem::offset_of!(FtLayerNormBwdParams, dy) - 0usize];
+    [
+        "Offset of field: FtLayerNormBwdParams::x",
+    ][::std::mem::offset_of!(FtLayerNormBwdParams, x) - 8usize];
+    [
+        "Offset of field: FtLayerNormBwdParams::gamma",
+    ][::std::mem::offset_of!(FtLayerNormBwdParams, gamma) - 16usize];
+    [
+        "Offset of field: FtLayerNormBwdParams::mean",
+    ][::std::mem::offset_of!(FtLayerNormBwdParams, mean) - 24usize];
+    [
+        "Offset of field: FtLayerNormBwdParams::rstd",
+    ][::std::mem::offset_of!(FtLayerNormBwdParams, rstd) - 32usize];
+    [
+        "Offset of field: FtLayerNormBwdParams::dx",
+    ][::std::mem::offset_of!(FtLayerNormBwdParams, dx) - 40usize];
+    [
+        "Offset of field: FtLayerNormBwdParams::dgamma",
+    ][::std::mem::offset_of!(FtLayerNormBwdParams, dgamma) - 48usize];
+    [
+        "Offset of field: FtLayerNormBwdParams::dbeta",
+    ][::std::mem::offset_of!(FtLayerNormBwdParams, dbeta) - 56usize];
+    [
+        "Offset of field: FtLayerNormBwdParams::partials",
+    ][::std::mem::offset_of!(FtLayerNormBwdParams, partials) - 64usize];
+    [
+        "Offset of field: FtLayerNormBwdParams::rows",
+    ][::std::mem::offset_of!(FtLayerNormBwdParams, rows) - 72usize];
+    [
+        "Offset of field: FtLayerNormBwdParams::cols",
+    ][::std::mem::offset_of!(FtLayerNormBwdParams, cols) - 80usize];
+    [
+        "Offset of field: FtLayerNormBwdParams::partial_blocks",
+    ][::std::mem::offset_of!(FtLayerNormBwdParams, partial_blocks) - 88usize];
+};
+impl Default for FtLayerNormBwdParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** Parameters of `ft_softmax_fwd_{f32,bf16}` (kernels/softmax/softmax.cu):
+ `y = softmax(scale * x)` over each row of `x` viewed as `[batch, rows, cols]`. With
+ `causal != 0`, position `(i, j)` of each `[rows, cols]` matrix is masked (its `y` is 0) when
+ `j > i + cols - rows`; a fully masked row is all zeros.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct FtSoftmaxFwdParams {
+    /// Input, `[batch * rows, cols]`.
+    pub x: *const ::std::os::raw::c_void,
+    /// Output, `[batch * rows, cols]`.
+    pub y: *mut ::std::os::raw::c_void,
+    /// Number of `[rows, cols]` matrices.
+    pub batch: u64,
+    /// Rows per matrix (the query positions of the causal mask).
+    pub rows: u64,
+    /// Columns (the softmax dimension).
+    pub cols: u64,
+    /// Multiplies `x` before the softmax.
+    pub scale: f32,
+    /// Non-zero: apply the causal mask.
+    pub causal: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of FtSoftmaxFwdParams",
+    ][::std::mem::size_of::<FtSoftmaxFwdParams>() - 48usize];
+    [
+        "Alignment of FtSoftmaxFwdParams",
+    ][::std::mem::align_of::<FtSoftmaxFwdParams>() - 8usize];
+    [
+        "Offset of field: FtSoftmaxFwdParams::x",
+    ][::std::mem::offset_of!(FtSoftmaxFwdParams, x) - 0usize];
+    [
+        "Offset of field: FtSoftmaxFwdParams::y",
+    ][::std::mem::offset_of!(FtSoftmaxFwdParams, y) - 8usize];
+    [
+        "Offset of field: FtSoftmaxFwdParams::batch",
+    ][::std::mem::offset_of!(FtSoftmaxFwdParams, batch) - 16usize];
+    [
+        "Offset of field: FtSoftmaxFwdParams::rows",
+    ][::std::mem::offset_of!(FtSoftmaxFwdParams, rows) - 24usize];
+    [
+        "Offset of field: FtSoftmaxFwdParams::cols",
+    ][::std::mem::offset_of!(FtSoftmaxFwdParams, cols) - 32usize];
+    [
+        "Offset of field: FtSoftmaxFwdParams::scale",
+    ][::std::mem::offset_of!(FtSoftmaxFwdParams, scale) - 40usize];
+    [
+        "Offset of field: FtSoftmaxFwdParams::causal",
+    ][::std::mem::offset_of!(FtSoftmaxFwdParams, causal) - 44usize];
+};
+impl Default for FtSoftmaxFwdParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** Parameters of `ft_softmax_bwd_{f32,bf16}` (kernels/softmax/softmax.cu), from the forward
+ output: `dx = scale * y * (dy - sum_c(dy * y))` per row.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct FtSoftmaxBwdParams {
+    /// Gradient of the output, `[rows, cols]`.
+    pub dy: *const ::std::os::raw::c_void,
+    /// The forward output, `[rows, cols]`.
+    pub y: *const ::std::os::raw::c_void,
+    /// Gradient of the input, `[rows, cols]`.
+    pub dx: *mut ::std::os::raw::c_void,
+    /// Number of rows (every row of every matrix).
+    pub rows: u64,
+    /// Columns.
+    pub cols: u64,
+    /// The forward's scale.
+    pub scale: f32,
+    /// Unused; keeps the struct free of padding (set to 0).
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of FtSoftmaxBwdParams",
+    ][::std::mem::size_of::<FtSoftmaxBwdParams>() - 48usize];
+    [
+        "Alignment of FtSoftmaxBwdParams",
+    ][::std::mem::align_of::<FtSoftmaxBwdParams>() - 8usize];
+    [
+        "Offset of field: FtSoftmaxBwdParams::dy",
+    ][::std::mem::offset_of!(FtSoftmaxBwdParams, dy) - 0usize];
+    [
+        "Offset of field: FtSoftmaxBwdParams::y",
+    ][::std::mem::offset_of!(FtSoftmaxBwdParams, y) - 8usize];
+    [
+        "Offset of field: FtSoftmaxBwdParams::dx",
+    ][::std::mem::offset_of!(FtSoftmaxBwdParams, dx) - 16usize];
+    [
+        "Offset of field: FtSoftmaxBwdParams::rows",
+    ][::std::mem::offset_of!(FtSoftmaxBwdParams, rows) - 24usize];
+    [
+        "Offset of field: FtSoftmaxBwdParams::cols",
+    ][::std::mem::offset_of!(FtSoftmaxBwdParams, cols) - 32usize];
+    [
+        "Offset of field: FtSoftmaxBwdParams::scale",
+    ][::std::mem::offset_of!(FtSoftmaxBwdParams, scale) - 40usize];
+    [
+        "Offset of field: FtSoftmaxBwdParams::reserved",
+    ][::std::mem::offset_of!(FtSoftmaxBwdParams, reserved) - 44usize];
+};
+impl Default for FtSoftmaxBwdParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** Parameters of `ft_cross_entropy_fwd_{f32,bf16}` and `ft_cross_entropy_bwd_{f32,bf16}`
+ (kernels/loss/cross_entropy.cu). Forward: `losses[r] = (max - logits[r, t]) + ln(sum_c
+ exp(logits[r, c] - max))` (f32). Backward: `dlogits[r, c] = (softmax(logits[r])[c] -
+ [c == t]) * dloss[r]`. A target outside `[0, classes)` makes the kernel store
+ `min(r)` over such rows into `*error` (atomicMin; the host initialises it to 0xFFFFFFFF) and
+ write NaN into that row's outputs. `rows` must be below 2^32 - 1.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct FtCrossEntropyParams {
+    /// Logits, `[rows, classes]`.
+    pub logits: *const ::std::os::raw::c_void,
+    /// Class indices (int32), `[rows]`.
+    pub targets: *const ::std::os::raw::c_void,
+    /// Backward only: f32 `[rows]` gradient of each row's loss (else NULL).
+    pub dloss: *const ::std::os::raw::c_void,
+    /// Forward: f32 losses `[rows]`; backward: `dlogits` `[rows, classes]`.
+    pub out: *mut ::std::os::raw::c_void,
+    /// One uint32: the first row with an out-of-range target, or 0xFFFFFFFF.
+    pub error: *mut ::std::os::raw::c_void,
+    /// Number of rows.
+    pub rows: u64,
+    /// Number of classes.
+    pub classes: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of FtCrossEntropyParams",
+    ][::std::mem::size_of::<FtCrossEntropyParams>() - 56usize];
+    [
+        "Alignment of FtCrossEntropyParams",
+    ][::std::mem::align_of::<FtCrossEntropyParams>() - 8usize];
+    [
+        "Offset of field: FtCrossEntropyParams::logits",
+    ][::std::mem::offset_of!(FtCrossEntropyParams, logits) - 0usize];
+    [
+        "Offset of field: FtCrossEntropyParams::targets",
+    ][::std::mem::offset_of!(FtCrossEntropyParams, targets) - 8usize];
+    [
+        "Offset of field: FtCrossEntropyParams::dloss",
+    ][::std::mem::offset_of!(FtCrossEntropyParams, dloss) - 16usize];
+    [
+        "Offset of field: FtCrossEntropyParams::out",
+    ][::std::mem::offset_of!(FtCrossEntropyParams, out) - 24usize];
+    [
+        "Offset of field: FtCrossEntropyParams::error",
+    ][::std::mem::offset_of!(FtCrossEntropyParams, error) - 32usize];
+    [
+        "Offset of field: FtCrossEntropyParams::rows",
+    ][::std::mem::offset_of!(FtCrossEntropyParams, rows) - 40usize];
+    [
+        "Offset of field: FtCrossEntropyParams::classes",
+    ][::std::mem::offset_of!(FtCrossEntropyParams, classes) - 48usize];
+};
+impl Default for FtCrossEntropyParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** Parameters of `ft_adamw_{f32,bf16}` (kernels/optim/adamw.cu), one AdamW step with PyTorch
+ semantics: `p = p * decay; m = beta1 * m + (1 - beta1) * g; v = beta2 * v + (1 - beta2) * g^2;
+ p -= lr * (m * inv_bc1) / (sqrt(v * inv_bc2) + eps)`, in f32 (`m`, `v` are f32), `p` rounded
+ once. The host computes `decay = 1 - lr * weight_decay` and the bias corrections
+ `inv_bc = 1 / (1 - beta^step)`.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct FtAdamWParams {
+    /// Parameters, `[n]`, updated in place.
+    pub param: *mut ::std::os::raw::c_void,
+    /// Gradients, `[n]`.
+    pub grad: *const ::std::os::raw::c_void,
+    /// First moments (f32), `[n]`, updated in place.
+    pub m: *mut ::std::os::raw::c_void,
+    /// Second moments (f32), `[n]`, updated in place.
+    pub v: *mut ::std::os::raw::c_void,
+    /// Number of elements.
+    pub n: u64,
+    /// Learning rate.
+    pub lr: f32,
+    /// `beta1`.
+    pub beta1: f32,
+    /// `beta2`.
+    pub beta2: f32,
+    /// `1 - beta1`.
+    pub one_minus_beta1: f32,
+    /// `1 - beta2`.
+    pub one_minus_beta2: f32,
+    /// Added to the denominator.
+    pub eps: f32,
+    /// `1 / (1 - beta1^step)`.
+    pub inv_bc1: f32,
+    /// `1 / (1 - beta2^step)`.
+    pub inv_bc2: f32,
+    /// `1 - lr * weight_decay`.
+    pub decay: f32,
+    /// Unused; keeps the struct free of padding (set to 0).
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of FtAdamWParams"][::std::mem::size_of::<FtAdamWParams>() - 80usize];
+    ["Alignment of FtAdamWParams"][::std::mem::align_of::<FtAdamWParams>() - 8usize];
+    [
+        "Offset of field: FtAdamWParams::param",
+    ][::std::mem::offset_of!(FtAdamWParams, param) - 0usize];
+    [
+        "Offset of field: FtAdamWParams::grad",
+    ][::std::mem::offset_of!(FtAdamWParams, grad) - 8usize];
+    [
+        "Offset of field: FtAdamWParams::m",
+    ][::std::mem::offset_of!(FtAdamWParams, m) - 16usize];
+    [
+        "Offset of field: FtAdamWParams::v",
+    ][::std::mem::offset_of!(FtAdamWParams, v) - 24usize];
+    [
+        "Offset of field: FtAdamWParams::n",
+    ][::std::mem::offset_of!(FtAdamWParams, n) - 32usize];
+    [
+        "Offset of field: FtAdamWParams::lr",
+    ][::std::mem::offset_of!(FtAdamWParams, lr) - 40usize];
+    [
+        "Offset of field: FtAdamWParams::beta1",
+    ][::std::mem::offset_of!(FtAdamWParams, beta1) - 44usize];
+    [
+        "Offset of field: FtAdamWParams::beta2",
+    ][::std::mem::offset_of!(FtAdamWParams, beta2) - 48usize];
+    [
+        "Offset of field: FtAdamWParams::one_minus_beta1",
+    ][::std::mem::offset_of!(FtAdamWParams, one_minus_beta1) - 52usize];
+    [
+        "Offset of field: FtAdamWParams::one_minus_beta2",
+    ][::std::mem::offset_of!(FtAdamWParams, one_minus_beta2) - 56usize];
+    [
+        "Offset of field: FtAdamWParams::eps",
+    ][::std::mem::offset_of!(FtAdamWParams, eps) - 60usize];
+    [
+        "Offset of field: FtAdamWParams::inv_bc1",
+    ][::std::mem::offset_of!(FtAdamWParams, inv_bc1) - 64usize];
+    [
+        "Offset of field: FtAdamWParams::inv_bc2",
+    ][::std::mem::offset_of!(FtAdamWParams, inv_bc2) - 68usize];
+    [
+        "Offset of field: FtAdamWParams::decay",
+    ][::std::mem::offset_of!(FtAdamWParams, decay) - 72usize];
+    [
+        "Offset of field: FtAdamWParams::reserved",
+    ][::std::mem::offset_of!(FtAdamWParams, reserved) - 76usize];
+};
+impl Default for FtAdamWParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** Parameters of the peer collectives (kernels/comm/peer.cu): `ft_peer_all_reduce_one_shot_<t>`,
+ `ft_peer_all_reduce_two_shot_<t>`, `ft_peer_all_gather_<t>`, `ft_peer_reduce_scatter_<t>`,
+ `ft_peer_broadcast_<t>` (`t` = `f32` or `bf16`) and `ft_peer_barrier`.
+
+ `table` is this rank's peer table on its own device, `3 * world + 2` words: `[0, world)` the
+ staging buffer of every rank, `[world, 2 world)` the flag array of every rank
+ (`world * FT_PEER_MAX_CTAS` u64 slots, zeroed at creation), `[2 world, 3 world + 1)` element
+ offsets of the ranks' blocks (all-gather, reduce-scatter, two-shot all-reduce), and
+ `[3 world + 1]` the abort word (0; the host sets 1 when a peer failed, a kernel sets 2 when it
+ gave up waiting).*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct FtPeerCollParams {
+    /** This rank's input: the all-reduce buffer, the all-gather block, the reduce-scatter input,
+  the broadcast root's buffer.*/
+    pub input: *const ::std::os::raw::c_void,
+    /// This rank's output (may equal `input` for all-reduce and broadcast).
+    pub output: *mut ::std::os::raw::c_void,
+    /// This rank's peer table (see above).
+    pub table: *mut u64,
+    /// This rank.
+    pub rank: u64,
+    /// Number of ranks (at most `blockDim.x / gridDim.x`).
+    pub world: u64,
+    /// Elements of the all-reduce / broadcast buffer.
+    pub count: u64,
+    /// The call's epoch base: its phases publish `epoch + 1`, `epoch + 2`, `epoch + 3`.
+    pub epoch: u64,
+    /// Reduction: 0 sum, 1 avg, 2 max, 3 min.
+    pub op: u64,
+    /// Broadcast root.
+    pub root: u64,
+    /// Polls of a flag before giving up (0: never).
+    pub spin_limit: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of FtPeerCollParams"][::std::mem::size_of::<FtPeerCollParams>() - 80usize];
+    [
+        "Alignment of FtPeerCollParams",
+    ][::std::mem::align_of::<FtPeerCollParams>() - 8usize];
+    [
+        "Offset of field: FtPeerCollParams::input",
+    ][::std::mem::offset_of!(FtPeerCollParams, input) - 0usize];
+    [
+        "Offset of field: FtPeerCollParams::output",
+    ][::std::mem::offset_of!(FtPeerCollParams, output) - 8usize];
+    [
+        "Offset of field: FtPeerCollParams::table",
+    ][::std::mem::offset_of!(FtPeerCollParams, table) - 16usize];
+    [
+        "Offset of field: FtPeerCollParams::rank",
+    ][::std::mem::offset_of!(FtPeerCollParams, rank) - 24usize];
+    [
+        "Offset of field: FtPeerCollParams::world",
+    ][::std::mem::offset_of!(FtPeerCollParams, world) - 32usize];
+    [
+        "Offset of field: FtPeerCollParams::count",
+    ][::std::mem::offset_of!(FtPeerCollParams, count) - 40usize];
+    [
+        "Offset of field: FtPeerCollParams::epoch",
+    ][::std::mem::offset_of!(FtPeerCollParams, epoch) - 48usize];
+    [
+        "Offset of field: FtPeerCollParams::op",
+    ][::std::mem::offset_of!(FtPeerCollParams, op) - 56usize];
+    [
+        "Offset of field: FtPeerCollParams::root",
+    ][::std::mem::offset_of!(FtPeerCollParams, root) - 64usize];
+    [
+        "Offset of field: FtPeerCollParams::spin_limit",
+    ][::std::mem::offset_of!(FtPeerCollParams, spin_limit) - 72usize];
+};
+impl Default for FtPeerCollParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}

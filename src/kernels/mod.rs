@@ -126,6 +126,17 @@ unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasGeluBwdParams {}
 unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasGeluDbiasParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtGemmParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for abi::FtPeerCollParams {}
+unsafe impl cudarc::driver::DeviceRepr for abi::FtAddParams {}
+unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasAddParams {}
+unsafe impl cudarc::driver::DeviceRepr for abi::FtColumnSumParams {}
+unsafe impl cudarc::driver::DeviceRepr for abi::FtLayerNormFwdParams {}
+unsafe impl cudarc::driver::DeviceRepr for abi::FtLayerNormBwdParams {}
+unsafe impl cudarc::driver::DeviceRepr for abi::FtSoftmaxFwdParams {}
+unsafe impl cudarc::driver::DeviceRepr for abi::FtSoftmaxBwdParams {}
+unsafe impl cudarc::driver::DeviceRepr for abi::FtCrossEntropyParams {}
+unsafe impl cudarc::driver::DeviceRepr for abi::FtAdamWParams {}
 
 #[cfg(test)]
 mod tests {

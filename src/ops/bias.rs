@@ -8,16 +8,32 @@
 //!
 //! "Rows" are every index but the last: a tensor of shape `[d0, ..., dk, c]` is `d0 * ... * dk`
 //! rows of `c` columns. Arithmetic is f32 for every float dtype (bf16 and f16 are widened), with
-//! one rounding per stored value. On the CPU backend only: the CUDA and emulated backends return
-//! [`crate::Error::Unsupported`] until these ops get kernels. Like every op, outputs are
-//! caller-provided tensors and may not alias an input.
+//! one rounding per stored value. On the CUDA and emulated backends they run the kernels of
+//! `kernels/elementwise/residual.cu` (f32 and bf16; the same results as the CPU backend, bit for
+//! bit). Like every op, outputs are caller-provided tensors and may not alias an input.
 
-use super::launch::{enqueue_host, float_dispatch, prepare};
+use super::launch::{enqueue_host, float_dispatch, prepare_kernel};
 use super::validate;
+use crate::backend::cuda::layers::{self as dev, device_ptr};
+use crate::device::BackendKind;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::kernels::abi::{FtAddParams, FtBiasAddParams, FtColumnSumParams};
 use crate::stream::{Stream, StreamImpl};
 use crate::tensor::{view, view_mut, Tensor};
+
+/// The kernel image of these ops.
+const MODULE: &str = "elementwise/residual";
+
+/// Whether `stream` runs its ops on the host (the CPU backend) rather than through a kernel.
+fn on_host(stream: &Stream) -> bool {
+    matches!(stream.imp(), StreamImpl::Cpu(_)) && stream.device().kind() != BackendKind::Emu
+}
+
+/// Whether every tensor's device address is 4-byte aligned (the bf16x2 paths' condition).
+fn aligned4(stream: &Stream, ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| device_ptr(stream, t) as usize % 4 == 0)
+}
 
 /// The slice-level loops, on typed host slices.
 mod cpu {
@@ -86,21 +102,34 @@ pub fn bias_add(stream: &Stream, x: &Tensor, bias: &Tensor, y: &mut Tensor) -> R
     validate::dtype(OP, "y", y, x.dtype())?;
     let reads = [("x", x), ("bias", bias)];
     let writes = [("y", &*y)];
-    prepare(stream, OP, &reads, &writes)?;
+    prepare_kernel(stream, OP, &reads, &writes)?;
     let dtype = x.dtype();
-    match stream.imp() {
-        StreamImpl::Cpu(_) => {
-            enqueue_host(stream, OP, &reads, &writes, move |l| {
-                let (r, mut w) = l.io();
-                float_dispatch!(dtype, T => cpu::bias_add::<T>(
-                    cols, view(r[0]), view(r[1]), view_mut(&mut *w[0])
-                ));
-                Ok(())
-            });
+    if on_host(stream) {
+        enqueue_host(stream, OP, &reads, &writes, move |l| {
+            let (r, mut w) = l.io();
+            float_dispatch!(dtype, T => cpu::bias_add::<T>(
+                cols, view(r[0]), view(r[1]), view_mut(&mut *w[0])
+            ));
             Ok(())
-        }
-        StreamImpl::Cuda(_) => Err(super::unsupported(OP, stream)),
+        });
+        return Ok(());
     }
+    let sfx = dev::suffix(OP, "x", dtype)?;
+    let rows = x.shape().rows();
+    let pairs = dtype == DType::BF16 && cols % 2 == 0 && aligned4(stream, &[x, bias, y]);
+    let p = FtBiasAddParams {
+        x: device_ptr(stream, x),
+        bias: device_ptr(stream, bias),
+        y: device_ptr(stream, y),
+        rows: rows as u64,
+        cols: cols as u64,
+    };
+    let launch = dev::flat(
+        MODULE,
+        format!("ft_bias_add_{sfx}"),
+        dev::bias_add_items(rows, cols, pairs),
+    );
+    dev::run(stream, OP, launch, &p, &[x, bias, y])
 }
 
 /// The column sums of `x` (every row of the last dimension added up): `out[c] = sum_r x[r, c]`,
@@ -127,27 +156,35 @@ pub fn column_sum(stream: &Stream, x: &Tensor, out: &mut Tensor, accumulate: boo
     }
     let reads = [("x", x)];
     let writes = [("out", &*out)];
-    prepare(stream, OP, &reads, &writes)?;
+    prepare_kernel(stream, OP, &reads, &writes)?;
     let (xd, od) = (x.dtype(), out.dtype());
-    match stream.imp() {
-        StreamImpl::Cpu(_) => {
-            enqueue_host(stream, OP, &reads, &writes, move |l| {
-                let (r, mut w) = l.io();
-                let o = &mut *w[0];
-                float_dispatch!(xd, T => {
-                    let sums = cpu::column_sum_f32::<T>(cols, view(r[0]));
-                    if od == DType::F32 {
-                        cpu::store::<f32>(&sums, view_mut(o), accumulate)
-                    } else {
-                        cpu::store::<T>(&sums, view_mut(o), accumulate)
-                    }
-                });
-                Ok(())
+    if on_host(stream) {
+        enqueue_host(stream, OP, &reads, &writes, move |l| {
+            let (r, mut w) = l.io();
+            let o = &mut *w[0];
+            float_dispatch!(xd, T => {
+                let sums = cpu::column_sum_f32::<T>(cols, view(r[0]));
+                if od == DType::F32 {
+                    cpu::store::<f32>(&sums, view_mut(o), accumulate)
+                } else {
+                    cpu::store::<T>(&sums, view_mut(o), accumulate)
+                }
             });
             Ok(())
-        }
-        StreamImpl::Cuda(_) => Err(super::unsupported(OP, stream)),
+        });
+        return Ok(());
     }
+    let xs = dev::suffix(OP, "x", xd)?;
+    let os = dev::suffix(OP, "out", od)?;
+    let p = FtColumnSumParams {
+        x: device_ptr(stream, x),
+        out: device_ptr(stream, out),
+        rows: x.shape().rows() as u64,
+        cols: cols as u64,
+        accumulate: accumulate as u64,
+    };
+    let launch = dev::flat(MODULE, format!("ft_column_sum_{xs}_{os}"), cols);
+    dev::run(stream, OP, launch, &p, &[x, out])
 }
 
 /// `out = a + b`, elementwise, for tensors of one shape and float dtype (sum in f32, rounded
@@ -164,21 +201,33 @@ pub fn add(stream: &Stream, a: &Tensor, b: &Tensor, out: &mut Tensor) -> Result<
     validate::dtype(OP, "out", out, a.dtype())?;
     let reads = [("a", a), ("b", b)];
     let writes = [("out", &*out)];
-    prepare(stream, OP, &reads, &writes)?;
+    prepare_kernel(stream, OP, &reads, &writes)?;
     let dtype = a.dtype();
-    match stream.imp() {
-        StreamImpl::Cpu(_) => {
-            enqueue_host(stream, OP, &reads, &writes, move |l| {
-                let (r, mut w) = l.io();
-                float_dispatch!(dtype, T => cpu::add::<T>(
-                    view(r[0]), view(r[1]), view_mut(&mut *w[0])
-                ));
-                Ok(())
-            });
+    if on_host(stream) {
+        enqueue_host(stream, OP, &reads, &writes, move |l| {
+            let (r, mut w) = l.io();
+            float_dispatch!(dtype, T => cpu::add::<T>(
+                view(r[0]), view(r[1]), view_mut(&mut *w[0])
+            ));
             Ok(())
-        }
-        StreamImpl::Cuda(_) => Err(super::unsupported(OP, stream)),
+        });
+        return Ok(());
     }
+    let sfx = dev::suffix(OP, "a", dtype)?;
+    let n = a.numel();
+    let pairs = dtype == DType::BF16 && n % 2 == 0 && aligned4(stream, &[a, b, out]);
+    let p = FtAddParams {
+        a: device_ptr(stream, a),
+        b: device_ptr(stream, b),
+        out: device_ptr(stream, out),
+        n: n as u64,
+    };
+    let launch = dev::flat(
+        MODULE,
+        format!("ft_add_{sfx}"),
+        if pairs { n / 2 } else { n },
+    );
+    dev::run(stream, OP, launch, &p, &[a, b, out])
 }
 
 #[cfg(test)]

@@ -1,12 +1,63 @@
 //! Cross-entropy of logits against class indices, forward (per-row loss) and backward.
+//!
+//! CPU backend: `crate::backend::cpu::ops::cross_entropy`; CUDA and emulated backends: the
+//! kernels of `kernels/loss/cross_entropy.cu` (f32 and bf16 logits, one block per row). An
+//! out-of-range target fails the op with [`Error::IndexOutOfRange`] on every backend: on the
+//! CPU and the emulator at the stream's next synchronize (the check runs with the op); on CUDA
+//! the kernel records the first bad row in a flag that the op copies back, **synchronizing the
+//! stream**, so the error is returned by the op call itself (and the bad rows' outputs are NaN).
 
-use super::launch::{enqueue_host, float_dispatch, prepare};
+use super::launch::{enqueue_host, float_dispatch, prepare_kernel};
 use super::validate;
 use crate::backend::cpu::ops::cross_entropy as cpu;
+use crate::backend::cuda::layers::{self as dev, device_ptr, param_bytes};
+use crate::backend::emu::layers as emu;
+use crate::device::BackendKind;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::kernels::abi::FtCrossEntropyParams;
 use crate::stream::{Stream, StreamImpl};
 use crate::tensor::{view, view_mut, Tensor};
+use std::ffi::c_void;
+
+/// The kernel image of these ops.
+const MODULE: &str = "loss/cross_entropy";
+
+/// Runs the flagged cross-entropy kernel `function` on a CUDA or emulated stream; `p` has a
+/// null `error`, filled in here.
+fn run_kernel(
+    stream: &Stream,
+    op: &'static str,
+    function: String,
+    p: FtCrossEntropyParams,
+    tensors: &[&Tensor],
+    targets: &Tensor,
+) -> Result<()> {
+    let (rows, classes) = (p.rows as usize, p.classes as usize);
+    let launch = dev::rowwise(MODULE, function, rows, classes, 1, 1);
+    match stream.imp() {
+        StreamImpl::Cuda(s) => {
+            dev::run_cuda_flagged(stream, s, op, &launch, targets, classes, |flag| {
+                FtCrossEntropyParams { error: flag, ..p }
+            })
+        }
+        StreamImpl::Cpu(_) => {
+            let keep = tensors.iter().map(|t| t.buffer().clone()).collect();
+            let build = |flag: u64| {
+                param_bytes(&FtCrossEntropyParams {
+                    error: flag as usize as *mut c_void,
+                    ..p
+                })
+            };
+            emu::launch_flagged(stream, op, launch, build, keep, targets, classes)
+        }
+    }
+}
+
+/// Whether `stream` runs its ops on the host (the CPU backend) rather than through a kernel.
+fn on_host(stream: &Stream) -> bool {
+    matches!(stream.imp(), StreamImpl::Cpu(_)) && stream.device().kind() != BackendKind::Emu
+}
 
 fn check(op: &'static str, logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
     validate::rank(op, "logits", logits, 2)?;
@@ -47,23 +98,32 @@ pub fn cross_entropy_fwd(
     validate::dtype(OP, "losses", losses, DType::F32)?;
     let reads = [("logits", logits), ("targets", targets)];
     let writes = [("losses", &*losses)];
-    prepare(stream, OP, &reads, &writes)?;
+    prepare_kernel(stream, OP, &reads, &writes)?;
     let dtype = logits.dtype();
-    match stream.imp() {
-        StreamImpl::Cpu(_) => {
-            enqueue_host(stream, OP, &reads, &writes, move |l| {
-                let (r, mut w) = l.io();
-                let t = view::<i32>(r[1]);
-                check_targets(OP, t, v)?;
-                float_dispatch!(dtype, T => cpu::cross_entropy_fwd::<T>(
-                    n, v, view(r[0]), t, view_mut(&mut *w[0]),
-                ));
-                Ok(())
-            });
+    if on_host(stream) {
+        enqueue_host(stream, OP, &reads, &writes, move |l| {
+            let (r, mut w) = l.io();
+            let t = view::<i32>(r[1]);
+            check_targets(OP, t, v)?;
+            float_dispatch!(dtype, T => cpu::cross_entropy_fwd::<T>(
+                n, v, view(r[0]), t, view_mut(&mut *w[0]),
+            ));
             Ok(())
-        }
-        StreamImpl::Cuda(_) => Err(super::unsupported(OP, stream)),
+        });
+        return Ok(());
     }
+    let sfx = dev::suffix(OP, "logits", dtype)?;
+    let p = FtCrossEntropyParams {
+        logits: device_ptr(stream, logits),
+        targets: device_ptr(stream, targets),
+        dloss: std::ptr::null(),
+        out: device_ptr(stream, losses),
+        error: std::ptr::null_mut(),
+        rows: n as u64,
+        classes: v as u64,
+    };
+    let fun = format!("ft_cross_entropy_fwd_{sfx}");
+    run_kernel(stream, OP, fun, p, &[logits, targets, losses], targets)
 }
 
 /// Backward of [`cross_entropy_fwd`]: `dlogits[r, c] = (softmax(logits[r])[c] - [c == t_r]) *
@@ -83,21 +143,37 @@ pub fn cross_entropy_bwd(
     validate::dtype(OP, "dlogits", dlogits, logits.dtype())?;
     let reads = [("logits", logits), ("targets", targets), ("dloss", dloss)];
     let writes = [("dlogits", &*dlogits)];
-    prepare(stream, OP, &reads, &writes)?;
+    prepare_kernel(stream, OP, &reads, &writes)?;
     let dtype = logits.dtype();
-    match stream.imp() {
-        StreamImpl::Cpu(_) => {
-            enqueue_host(stream, OP, &reads, &writes, move |l| {
-                let (r, mut w) = l.io();
-                let t = view::<i32>(r[1]);
-                check_targets(OP, t, v)?;
-                float_dispatch!(dtype, T => cpu::cross_entropy_bwd::<T>(
-                    n, v, view(r[0]), t, view(r[2]), view_mut(&mut *w[0]),
-                ));
-                Ok(())
-            });
+    if on_host(stream) {
+        enqueue_host(stream, OP, &reads, &writes, move |l| {
+            let (r, mut w) = l.io();
+            let t = view::<i32>(r[1]);
+            check_targets(OP, t, v)?;
+            float_dispatch!(dtype, T => cpu::cross_entropy_bwd::<T>(
+                n, v, view(r[0]), t, view(r[2]), view_mut(&mut *w[0]),
+            ));
             Ok(())
-        }
-        StreamImpl::Cuda(_) => Err(super::unsupported(OP, stream)),
+        });
+        return Ok(());
     }
+    let sfx = dev::suffix(OP, "logits", dtype)?;
+    let p = FtCrossEntropyParams {
+        logits: device_ptr(stream, logits),
+        targets: device_ptr(stream, targets),
+        dloss: device_ptr(stream, dloss),
+        out: device_ptr(stream, dlogits),
+        error: std::ptr::null_mut(),
+        rows: n as u64,
+        classes: v as u64,
+    };
+    let fun = format!("ft_cross_entropy_bwd_{sfx}");
+    run_kernel(
+        stream,
+        OP,
+        fun,
+        p,
+        &[logits, targets, dloss, dlogits],
+        targets,
+    )
 }

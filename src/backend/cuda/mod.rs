@@ -4,6 +4,7 @@
 
 pub mod elementwise;
 pub mod gemm;
+pub(crate) mod layers;
 
 use crate::error::{Error, Result};
 use cudarc::driver::{

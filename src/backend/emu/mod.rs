@@ -14,6 +14,7 @@
 
 pub mod elementwise;
 pub mod gemm;
+pub(crate) mod layers;
 
 use crate::error::{Error, Result};
 use ptx_emu::{Checks, LaunchConfig, LoadedModule, Memory, Metrics, Module};

@@ -1,0 +1,889 @@
+//! The `peer` backend: collectives between GPUs of one process (or several virtual ranks on one
+//! GPU) run by our own kernels (`kernels/comm/peer.cu`) straight between the devices' memories,
+//! over symmetric buffers: every rank has a staging buffer and a flag array on its own device,
+//! and every rank knows every rank's (its *peer table*). This is what NCCL refuses (several ranks
+//! on one GPU). Today it runs on emulated devices ([`crate::Device::emu`]).
+//!
+//! # Protocol
+//!
+//! A call goes through two layers:
+//!
+//! 1. **Host rendezvous** (checked semantics, like every backend): on the stream's worker, each
+//!    rank arrives with the call's [`Signature`] at the call's sequence number; when all have
+//!    arrived and the signatures agree, the call gets its *epoch base* `e` from the group's epoch
+//!    counter (which then advances by three per launch). A mismatch fails every rank with
+//!    [`Error::CollectiveMismatch`], a missing rank with [`Error::Timeout`], a failed rank the
+//!    others with [`Error::PeerFailed`]; no kernel is launched in these cases, so a mismatched
+//!    call never spins.
+//! 2. **Flag barriers** inside the kernels: each phase of a collective ends with every CTA
+//!    publishing `e + phase` (release store, system scope) into its slot of every rank's flag
+//!    array, then waiting (acquire loads) until every slot of its own array reached it. The last
+//!    phase (`e + 3`) is a "done" barrier, so a staging buffer is never overwritten while a peer
+//!    still reads it. Values only grow: the flags are zeroed once, never reset.
+//!
+//! The kernels of the ranks run concurrently and wait for each other *inside* the launch. The
+//! emulator allows this: a launch on one emulated device holds no lock on the address space
+//! (each global access locks only its allocation, briefly, and is immediately visible), so a
+//! kernel on device 0 spinning on a flag sees the release store of a kernel on device 1 running
+//! on another host thread. The rendezvous guarantees every rank launches its kernel, so the
+//! spinning ends; should a kernel fault, its rank raises the abort word of every peer table and
+//! the spinning kernels return (a bounded number of polls, [`PeerConfig::spin_limit`], is the
+//! last resort).
+//!
+//! # Collectives
+//!
+//! - all-reduce: one-shot (stage, barrier, every rank reduces everything) up to
+//!   [`PeerConfig::one_shot_max_bytes`], else two-shot (stage; rank `r` reduces block `r` of every
+//!   rank's staging buffer into its own; every rank gathers the reduced blocks); buffers larger
+//!   than the staging buffer go in chunks, one launch each;
+//! - all-gather(_v), reduce-scatter(_v), broadcast, barrier.
+//!
+//! Reductions sum `((x_0 op x_1) op x_2) ...` in rank order with f32 accumulation (bf16 rounded
+//! once), like the threads backend, so results are bitwise equal to it.
+//!
+//! Not implemented (they return [`Error::Unsupported`]): `send`, `recv`, `split`. Calls on one
+//! communicator must be ordered (issue them on one stream per rank, or order the streams with
+//! events): concurrent calls would share the staging buffers.
+
+use super::Work;
+use super::{
+    check_counts, check_rank, host, CollOp, CommConfig, Communicator, ReduceOp, Signature,
+};
+use crate::backend::emu::{memory, EmuHandle, EmuMem, LaunchShape};
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::kernels::abi::FtPeerCollParams;
+use crate::ops::launch::prepare_kernel;
+use crate::stream::Stream;
+use crate::tensor::{Buffer, Tensor};
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The image of `kernels/comm/peer.cu`.
+const MODULE: &str = "comm/peer";
+/// Flag slots per rank (`FT_PEER_MAX_CTAS` in `ferrotron_params.h`).
+const MAX_CTAS: u32 = 8;
+/// Threads per CTA.
+const BLOCK: u32 = 256;
+/// Epoch values one launch uses.
+const PHASES: u64 = 3;
+/// How often a rendezvous waiter re-checks for failed peers and its deadline.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Settings of a peer communicator group.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// Timeouts (the rendezvous of every call waits at most `comm.timeout`).
+    pub comm: CommConfig,
+    /// Bytes of each rank's staging buffer: all-reduce goes in chunks of this size; an
+    /// all-gather block or a reduce-scatter input larger than this is an error.
+    pub staging_bytes: usize,
+    /// All-reduce of at most this many bytes (per chunk) is one-shot, larger is two-shot.
+    pub one_shot_max_bytes: usize,
+    /// CTAs per launch, clamped to 1..=8 and to what the emulator keeps resident (4): every
+    /// CTA of a launch must be resident at once.
+    pub ctas: u32,
+    /// Polls of one flag before a kernel gives up with a timeout (0: never).
+    pub spin_limit: u64,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            comm: CommConfig::default(),
+            staging_bytes: 1 << 20,
+            one_shot_max_bytes: 64 << 10,
+            ctas: 2,
+            spin_limit: 1 << 26,
+        }
+    }
+}
+
+/// One rank's symmetric resources, on its device.
+struct RankRes {
+    device: Device,
+    emu: EmuHandle,
+    /// Per-rank peer table: see `FtPeerCollParams` in `ferrotron_params.h`.
+    table: EmuMem,
+    _stage: EmuMem,
+    _flags: EmuMem,
+}
+
+struct Round {
+    sigs: Vec<Option<Signature>>,
+    seen: Vec<bool>,
+    arrived: usize,
+    left: usize,
+    /// Set once everyone arrived: the epoch base, or the mismatch.
+    outcome: Option<std::result::Result<u64, Error>>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    rounds: HashMap<u64, Round>,
+    epoch: u64,
+}
+
+/// The state shared by the ranks of one group.
+struct PeerGroup {
+    name: String,
+    config: PeerConfig,
+    ranks: Vec<RankRes>,
+    state: Mutex<GroupState>,
+    cv: Condvar,
+    failed: Mutex<Option<(usize, String)>>,
+}
+
+impl PeerGroup {
+    fn size(&self) -> usize {
+        self.ranks.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GroupState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn first_failure(&self) -> Option<(usize, String)> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Address of the abort word of `rank`'s table.
+    fn abort_addr(&self, rank: usize) -> u64 {
+        self.ranks[rank].table.addr() + (3 * self.size() as u64 + 1) * 8
+    }
+
+    /// Marks `rank` failed (the first failure wins) and raises every rank's abort word, so that
+    /// kernels waiting for it return.
+    fn fail(&self, rank: usize, reason: String) {
+        {
+            let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            if f.is_none() {
+                *f = Some((rank, reason));
+            }
+        }
+        for r in 0..self.size() {
+            let _ = memory().write(self.abort_addr(r), &1u64.to_le_bytes());
+        }
+        self.cv.notify_all();
+    }
+
+    /// The host rendezvous of call `seq`: returns the call's epoch base once every rank arrived
+    /// with the same signature. `launches` is how many launches (of [`PHASES`] epochs) it takes.
+    fn rendezvous(&self, me: usize, seq: u64, sig: Signature, launches: u64) -> Result<u64> {
+        let size = self.size();
+        let opname = sig.op.name();
+        let mut st = self.lock();
+        {
+            let round = st.rounds.entry(seq).or_insert_with(|| Round {
+                sigs: vec![None; size],
+                seen: vec![false; size],
+                arrived: 0,
+                left: 0,
+                outcome: None,
+            });
+            round.sigs[me] = Some(sig);
+            round.seen[me] = true;
+            round.arrived += 1;
+            if round.arrived == size {
+                let sigs: Vec<Signature> = round.sigs.iter().flatten().cloned().collect();
+                let outcome = match self.mismatch(seq, &sigs) {
+                    Some(e) => Err(e),
+                    None => Ok(st.epoch),
+                };
+                if outcome.is_ok() {
+                    st.epoch += launches * PHASES;
+                }
+                st.rounds.get_mut(&seq).expect("round").outcome = Some(outcome);
+            }
+        }
+        self.cv.notify_all();
+        let deadline = Instant::now() + self.config.comm.timeout;
+        loop {
+            if st.rounds[&seq].outcome.is_some() {
+                break;
+            }
+            let failure = self.first_failure();
+            let now = Instant::now();
+            if failure.is_some() || now >= deadline {
+                // Retract the arrival: this call will not run here.
+                let r = st.rounds.get_mut(&seq).expect("round");
+                r.sigs[me] = None;
+                r.arrived -= 1;
+                let missing: Vec<usize> = (0..size).filter(|&i| !r.seen[i]).collect();
+                if r.arrived == 0 {
+                    st.rounds.remove(&seq);
+                }
+                let what = format!(
+                    "{opname} #{seq} on {}: ranks {missing:?} never arrived",
+                    self.name
+                );
+                return Err(match failure {
+                    Some((rank, reason)) => Error::PeerFailed {
+                        rank,
+                        reason,
+                        waiting_in: what,
+                    },
+                    None => Error::Timeout {
+                        what,
+                        seconds: self.config.comm.timeout.as_secs_f64(),
+                    },
+                });
+            }
+            st = self
+                .cv
+                .wait_timeout(st, POLL.min(deadline - now))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let r = st.rounds.get_mut(&seq).expect("round");
+        let outcome = r.outcome.clone().expect("complete");
+        r.left += 1;
+        if r.left == size {
+            st.rounds.remove(&seq);
+        }
+        outcome
+    }
+
+    fn mismatch(&self, seq: u64, sigs: &[Signature]) -> Option<Error> {
+        let first = &sigs[0];
+        let b = sigs.iter().find(|s| *s != first)?;
+        let ranks_with =
+            |s: &Signature| -> Vec<usize> { (0..sigs.len()).filter(|&i| &sigs[i] == s).collect() };
+        Some(Error::CollectiveMismatch {
+            comm: self.name.clone(),
+            seq,
+            call_a: first.to_string(),
+            ranks_a: ranks_with(first).into(),
+            call_b: b.to_string(),
+            ranks_b: ranks_with(b).into(),
+        })
+    }
+}
+
+/// One launch of a peer kernel: the function and the parameters that vary per launch.
+struct Launch {
+    function: String,
+    input: u64,
+    output: u64,
+    count: u64,
+    /// Element offsets of the ranks' blocks (`world + 1` values), written into the peer table.
+    offsets: Vec<u64>,
+    root: u64,
+}
+
+/// A rank's handle on a peer communicator.
+pub struct PeerComm {
+    rank: usize,
+    group: Arc<PeerGroup>,
+    seq: AtomicU64,
+}
+
+impl PeerComm {
+    /// Creates a group over `devices` (rank `r` on `devices[r]`; a device may appear several
+    /// times: several virtual ranks on one GPU) and returns one communicator per rank. Enables
+    /// peer access between every pair of the devices and allocates each rank's staging buffer,
+    /// flag array and peer table on its device.
+    pub fn group(devices: &[Device], config: PeerConfig) -> Result<Vec<PeerComm>> {
+        const OP: &str = "PeerComm::group";
+        if devices.is_empty() {
+            return Err(Error::invalid(OP, "devices", "need at least one device"));
+        }
+        let world = devices.len();
+        // Every CTA of a launch must be resident at once (CTAs wait for each other's flags); the
+        // emulator keeps `LaunchConfig::resident_ctas` of a launch resident.
+        let resident = ptx_emu::LaunchConfig::default().resident_ctas;
+        let ctas = config.ctas.clamp(1, MAX_CTAS.min(resident));
+        if world * ctas as usize > BLOCK as usize {
+            return Err(Error::invalid(
+                OP,
+                "devices",
+                format!("at most {} ranks with {ctas} CTAs", BLOCK / ctas),
+            ));
+        }
+        if config.staging_bytes == 0 {
+            return Err(Error::invalid(OP, "staging_bytes", "must be positive"));
+        }
+        let mut emus = Vec::with_capacity(world);
+        for d in devices {
+            match d.emu_state() {
+                Some(e) => emus.push(e.clone()),
+                None => {
+                    return Err(Error::Unsupported {
+                        op: OP,
+                        backend: format!(
+                            "{} (the peer communicator runs on emu devices)",
+                            d.label()
+                        ),
+                    })
+                }
+            }
+        }
+        for a in devices {
+            for b in devices {
+                if a.ordinal() != b.ordinal() {
+                    a.enable_peer_access(b)?;
+                }
+            }
+        }
+        let mut stages = Vec::with_capacity(world);
+        let mut flags = Vec::with_capacity(world);
+        let flag_bytes = world * MAX_CTAS as usize * 8;
+        for e in &emus {
+            // Poisoned: a kernel that reads staging it has not written is reported.
+            stages.push(e.upload(&vec![0u8; config.staging_bytes], true)?);
+            flags.push(e.upload(&vec![0u8; flag_bytes], false)?);
+        }
+        let mut words: Vec<u64> = stages.iter().map(|s| s.addr()).collect();
+        words.extend(flags.iter().map(|f| f.addr()));
+        words.extend(std::iter::repeat_n(0u64, world + 2)); // offsets, abort word
+        let table_bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut ranks = Vec::with_capacity(world);
+        for ((e, (stage, flag)), device) in
+            emus.iter().zip(stages.into_iter().zip(flags)).zip(devices)
+        {
+            ranks.push(RankRes {
+                device: device.clone(),
+                emu: e.clone(),
+                table: e.upload(&table_bytes, false)?,
+                _stage: stage,
+                _flags: flag,
+            });
+        }
+        let group = Arc::new(PeerGroup {
+            name: "peer:world".to_string(),
+            config: PeerConfig { ctas, ..config },
+            ranks,
+            state: Mutex::new(GroupState::default()),
+            cv: Condvar::new(),
+            failed: Mutex::new(None),
+        });
+        Ok((0..world)
+            .map(|rank| PeerComm {
+                rank,
+                group: group.clone(),
+                seq: AtomicU64::new(0),
+            })
+            .collect())
+    }
+
+    /// This rank's device.
+    pub fn device(&self) -> &Device {
+        &self.group.ranks[self.rank].device
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Marks this rank failed: the peers' pending calls fail fast with [`Error::PeerFailed`].
+    pub fn fail(&self, reason: String) {
+        self.group.fail(self.rank, reason);
+    }
+
+    fn sig(op: CollOp, dtype: Option<DType>, counts: Vec<usize>) -> Signature {
+        Signature {
+            op,
+            dtype,
+            counts,
+            root: None,
+            redop: None,
+        }
+    }
+
+    /// Validates the operands, then enqueues the rendezvous and the launches on `stream`.
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &self,
+        stream: &Stream,
+        op: &'static str,
+        sig: Signature,
+        redop: u64,
+        reads: &[(&str, &Tensor)],
+        writes: &[(&str, &Tensor)],
+        launches: Vec<Launch>,
+    ) -> Result<Work> {
+        stream.same_device(op, "communicator", self.device())?;
+        prepare_kernel(stream, op, reads, writes)?;
+        let seq = self.next_seq();
+        let keep: Vec<Arc<Buffer>> = reads
+            .iter()
+            .chain(writes)
+            .map(|(_, t)| t.buffer().clone())
+            .collect();
+        let status: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
+        let slot = status.clone();
+        let (group, me) = (self.group.clone(), self.rank);
+        stream.push_host(op, move || {
+            let _keep = keep;
+            let out = run_call(&group, me, seq, sig, redop, &launches);
+            if let Err(e) = &out {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+            }
+            out
+        });
+        Ok(Work::new(stream.record_event()?, stream.clone(), status))
+    }
+
+    fn addr(t: &Tensor) -> u64 {
+        t.buffer().emu().addr()
+    }
+
+    fn suffix(dtype: DType) -> &'static str {
+        match dtype {
+            DType::BF16 => "bf16",
+            _ => "f32",
+        }
+    }
+
+    fn redop(op: ReduceOp) -> u64 {
+        match op {
+            ReduceOp::Sum => 0,
+            ReduceOp::Avg => 1,
+            ReduceOp::Max => 2,
+            ReduceOp::Min => 3,
+        }
+    }
+
+    fn staging_check(
+        &self,
+        op: &'static str,
+        what: &str,
+        elems: usize,
+        dtype: DType,
+    ) -> Result<()> {
+        let bytes = elems * dtype.size_in_bytes();
+        if bytes > self.group.config.staging_bytes {
+            return Err(Error::invalid(
+                op,
+                what,
+                format!(
+                    "{bytes} bytes exceed the peer staging buffer ({} bytes, PeerConfig::staging_bytes)",
+                    self.group.config.staging_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn reduce_scatter_impl(
+        &self,
+        stream: &Stream,
+        input: &Tensor,
+        output: &mut Tensor,
+        counts: Vec<usize>,
+        op: ReduceOp,
+    ) -> Result<Work> {
+        const OP: &str = "reduce_scatter";
+        let dtype = host::comm_dtype(OP, "input", input)?;
+        host::same_dtype(OP, "output", output, dtype)?;
+        let total: usize = counts.iter().sum();
+        host::count(OP, "input", input, total)?;
+        host::count(OP, "output", output, counts[self.rank])?;
+        self.staging_check(OP, "input", total, dtype)?;
+        let mut sig = Self::sig(CollOp::ReduceScatter, Some(dtype), counts.clone());
+        sig.redop = Some(op);
+        let launch = Launch {
+            function: format!("ft_peer_reduce_scatter_{}", Self::suffix(dtype)),
+            input: Self::addr(input),
+            output: Self::addr(output),
+            count: total as u64,
+            offsets: offsets(&counts),
+            root: 0,
+        };
+        self.enqueue(
+            stream,
+            OP,
+            sig,
+            Self::redop(op),
+            &[("input", input)],
+            &[("output", &*output)],
+            vec![launch],
+        )
+    }
+
+    fn all_gather_impl(
+        &self,
+        stream: &Stream,
+        input: &Tensor,
+        output: &mut Tensor,
+        counts: Vec<usize>,
+    ) -> Result<Work> {
+        const OP: &str = "all_gather";
+        let dtype = host::comm_dtype(OP, "input", input)?;
+        host::same_dtype(OP, "output", output, dtype)?;
+        host::count(OP, "input", input, counts[self.rank])?;
+        host::count(OP, "output", output, counts.iter().sum())?;
+        let largest = counts.iter().copied().max().unwrap_or(0);
+        self.staging_check(OP, "input", largest, dtype)?;
+        let sig = Self::sig(CollOp::AllGather, Some(dtype), counts.clone());
+        let launch = Launch {
+            function: format!("ft_peer_all_gather_{}", Self::suffix(dtype)),
+            input: Self::addr(input),
+            output: Self::addr(output),
+            count: 0,
+            offsets: offsets(&counts),
+            root: 0,
+        };
+        self.enqueue(
+            stream,
+            OP,
+            sig,
+            0,
+            &[("input", input)],
+            &[("output", &*output)],
+            vec![launch],
+        )
+    }
+}
+
+/// `world + 1` element offsets of consecutive blocks of `counts`.
+fn offsets(counts: &[usize]) -> Vec<u64> {
+    let mut o = Vec::with_capacity(counts.len() + 1);
+    let mut acc = 0u64;
+    o.push(0);
+    for &c in counts {
+        acc += c as u64;
+        o.push(acc);
+    }
+    o
+}
+
+/// Blocks of a two-shot all-reduce of `n` elements: `size` contiguous blocks with edges aligned
+/// to 16 elements (as the threads backend splits its work; the result does not depend on it).
+fn blocks(n: usize, size: usize) -> Vec<u64> {
+    let mut o: Vec<u64> = (0..size)
+        .map(|r| ((n * r / size).div_ceil(16) * 16).min(n) as u64)
+        .collect();
+    o.push(n as u64);
+    o
+}
+
+/// The bytes of the kernel parameter struct, as the kernel's `.param` space holds them.
+fn param_bytes(p: &FtPeerCollParams) -> Vec<u8> {
+    let n = std::mem::size_of::<FtPeerCollParams>();
+    // SAFETY: `FtPeerCollParams` is a `#[repr(C)]` plain-old-data struct bindgen made from
+    // `kernels/include/ferrotron_params.h`: pointers and u64s, every field 8 bytes, no padding,
+    // so all `n` bytes are initialised and reading them as `u8` is sound.
+    let bytes =
+        unsafe { std::slice::from_raw_parts((p as *const FtPeerCollParams).cast::<u8>(), n) };
+    bytes.to_vec()
+}
+
+/// A call on rank `me`'s stream worker: rendezvous, then the launches.
+fn run_call(
+    group: &PeerGroup,
+    me: usize,
+    seq: u64,
+    sig: Signature,
+    redop: u64,
+    launches: &[Launch],
+) -> Result<()> {
+    let opname = sig.op.name();
+    // A failed group stays failed (its abort words are raised).
+    if let Some((rank, reason)) = group.first_failure() {
+        return Err(Error::PeerFailed {
+            rank,
+            reason,
+            waiting_in: format!("{opname} #{seq} on {}", group.name),
+        });
+    }
+    let epoch = group.rendezvous(me, seq, sig, launches.len() as u64)?;
+    let res = &group.ranks[me];
+    let world = group.size();
+    let cfg = &group.config;
+    for (k, l) in launches.iter().enumerate() {
+        let outcome = (|| -> Result<()> {
+            if !l.offsets.is_empty() {
+                let bytes: Vec<u8> = l.offsets.iter().flat_map(|w| w.to_le_bytes()).collect();
+                memory()
+                    .write(res.table.addr() + 2 * world as u64 * 8, &bytes)
+                    .map_err(|e| Error::Emu {
+                        kernel: "(peer table)".into(),
+                        error: e,
+                    })?;
+            }
+            let p = FtPeerCollParams {
+                input: l.input as usize as *const std::ffi::c_void,
+                output: l.output as usize as *mut std::ffi::c_void,
+                table: res.table.addr() as usize as *mut u64,
+                rank: me as u64,
+                world: world as u64,
+                count: l.count,
+                epoch: epoch + k as u64 * PHASES,
+                op: redop,
+                root: l.root,
+                spin_limit: cfg.spin_limit,
+            };
+            let shape = LaunchShape {
+                grid: [cfg.ctas, 1, 1],
+                block: [BLOCK, 1, 1],
+                dynamic_shared: 0,
+            };
+            res.emu
+                .launch_with(MODULE, &l.function, &param_bytes(&p), shape)?;
+            let mut word = [0u8; 8];
+            memory()
+                .read_bytes(group.abort_addr(me), &mut word)
+                .map_err(|e| Error::Emu {
+                    kernel: "(peer table)".into(),
+                    error: e,
+                })?;
+            match u64::from_le_bytes(word) {
+                0 => Ok(()),
+                2 => Err(Error::Timeout {
+                    what: format!(
+                        "{opname} #{seq} on {}: flags of rank {me}'s kernel {} after {} polls",
+                        group.name, l.function, cfg.spin_limit
+                    ),
+                    seconds: 0.0,
+                }),
+                _ => {
+                    let (rank, reason) =
+                        group.first_failure().unwrap_or((me, "aborted".to_string()));
+                    Err(Error::PeerFailed {
+                        rank,
+                        reason,
+                        waiting_in: format!("{opname} #{seq} on {}", group.name),
+                    })
+                }
+            }
+        })();
+        if let Err(e) = outcome {
+            if !matches!(e, Error::PeerFailed { .. }) {
+                group.fail(me, e.to_string());
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+impl Communicator for PeerComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.group.size()
+    }
+
+    fn name(&self) -> &str {
+        &self.group.name
+    }
+
+    fn all_reduce(&self, stream: &Stream, buf: &mut Tensor, op: ReduceOp) -> Result<Work> {
+        const OP: &str = "all_reduce";
+        let dtype = host::comm_dtype(OP, "buf", buf)?;
+        let n = buf.numel();
+        let es = dtype.size_in_bytes();
+        let mut sig = Self::sig(CollOp::AllReduce, Some(dtype), vec![n]);
+        sig.redop = Some(op);
+        let cfg = &self.group.config;
+        let chunk = (cfg.staging_bytes / es).max(1);
+        let base = Self::addr(buf);
+        let sfx = Self::suffix(dtype);
+        let mut launches = Vec::new();
+        let mut lo = 0;
+        while lo < n {
+            let len = chunk.min(n - lo);
+            let at = base + (lo * es) as u64;
+            let (function, offsets) = if len * es <= cfg.one_shot_max_bytes {
+                (format!("ft_peer_all_reduce_one_shot_{sfx}"), Vec::new())
+            } else {
+                (
+                    format!("ft_peer_all_reduce_two_shot_{sfx}"),
+                    blocks(len, self.size()),
+                )
+            };
+            launches.push(Launch {
+                function,
+                input: at,
+                output: at,
+                count: len as u64,
+                offsets,
+                root: 0,
+            });
+            lo += len;
+        }
+        self.enqueue(
+            stream,
+            OP,
+            sig,
+            Self::redop(op),
+            &[],
+            &[("buf", &*buf)],
+            launches,
+        )
+    }
+
+    fn all_gather_v(
+        &self,
+        stream: &Stream,
+        input: &Tensor,
+        output: &mut Tensor,
+        counts: &[usize],
+    ) -> Result<Work> {
+        check_counts("all_gather_v", counts, self.size())?;
+        self.all_gather_impl(stream, input, output, counts.to_vec())
+    }
+
+    fn reduce_scatter_v(
+        &self,
+        stream: &Stream,
+        input: &Tensor,
+        output: &mut Tensor,
+        counts: &[usize],
+        op: ReduceOp,
+    ) -> Result<Work> {
+        check_counts("reduce_scatter_v", counts, self.size())?;
+        self.reduce_scatter_impl(stream, input, output, counts.to_vec(), op)
+    }
+
+    fn broadcast(&self, stream: &Stream, buf: &mut Tensor, root: usize) -> Result<Work> {
+        const OP: &str = "broadcast";
+        check_rank(OP, root, self.size())?;
+        let dtype = host::comm_dtype(OP, "buf", buf)?;
+        let n = buf.numel();
+        self.staging_check(OP, "buf", n, dtype)?;
+        let mut sig = Self::sig(CollOp::Broadcast, Some(dtype), vec![n]);
+        sig.root = Some(root);
+        let launch = Launch {
+            function: format!("ft_peer_broadcast_{}", Self::suffix(dtype)),
+            input: Self::addr(buf),
+            output: Self::addr(buf),
+            count: n as u64,
+            offsets: Vec::new(),
+            root: root as u64,
+        };
+        self.enqueue(stream, OP, sig, 0, &[], &[("buf", &*buf)], vec![launch])
+    }
+
+    fn send(&self, _stream: &Stream, _buf: &Tensor, _peer: usize, _tag: u32) -> Result<Work> {
+        Err(Error::Unsupported {
+            op: "send",
+            backend: "peer communicator (not implemented)".into(),
+        })
+    }
+
+    fn recv(&self, _stream: &Stream, _buf: &mut Tensor, _peer: usize, _tag: u32) -> Result<Work> {
+        Err(Error::Unsupported {
+            op: "recv",
+            backend: "peer communicator (not implemented)".into(),
+        })
+    }
+
+    fn barrier(&self, stream: &Stream) -> Result<Work> {
+        let sig = Self::sig(CollOp::Barrier, None, vec![]);
+        let launch = Launch {
+            function: "ft_peer_barrier".into(),
+            input: 0,
+            output: 0,
+            count: 0,
+            offsets: Vec::new(),
+            root: 0,
+        };
+        self.enqueue(stream, "barrier", sig, 0, &[], &[], vec![launch])
+    }
+
+    fn split(&self, _color: Option<u32>, _key: usize) -> Result<Option<Box<dyn Communicator>>> {
+        Err(Error::Unsupported {
+            op: "split",
+            backend: "peer communicator (not implemented)".into(),
+        })
+    }
+}
+
+/// What a rank's closure gets from [`launch`].
+pub struct PeerRankCtx {
+    /// This rank.
+    pub rank: usize,
+    /// Number of ranks.
+    pub world_size: usize,
+    /// This rank's device.
+    pub device: Device,
+    /// The communicator over all ranks.
+    pub comm: PeerComm,
+}
+
+/// Runs `f` once per rank, rank `r` on its own thread with `devices[r]` and a [`PeerComm`] of one
+/// group over `devices`; returns every rank's result in rank order. If a rank fails (returns an
+/// error or panics), the others' pending calls fail fast with [`Error::PeerFailed`], and the
+/// result is [`Error::RankFailed`] naming the rank that failed first.
+pub fn launch<T, F>(devices: &[Device], config: PeerConfig, f: F) -> Result<Vec<T>>
+where
+    T: Send,
+    F: Fn(PeerRankCtx) -> Result<T> + Sync,
+{
+    let comms = PeerComm::group(devices, config)?;
+    let group = comms[0].group.clone();
+    let world_size = comms.len();
+    let mut results: Vec<Result<T>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .enumerate()
+            .map(|(rank, comm)| {
+                let (group, f) = (group.clone(), &f);
+                std::thread::Builder::new()
+                    .name(format!("ferrotron-peer{rank}"))
+                    .spawn_scoped(scope, move || {
+                        let ctx = PeerRankCtx {
+                            rank,
+                            world_size,
+                            device: comm.device().clone(),
+                            comm,
+                        };
+                        let out = match catch_unwind(AssertUnwindSafe(|| f(ctx))) {
+                            Ok(r) => r,
+                            Err(p) => Err(Error::AsyncFailure {
+                                stream: format!("rank {rank}"),
+                                op: "launch closure".into(),
+                                message: crate::error::panic_message(&*p),
+                            }),
+                        };
+                        if let Err(e) = &out {
+                            if !matches!(e, Error::PeerFailed { .. }) {
+                                group.fail(rank, e.to_string());
+                            }
+                        }
+                        out
+                    })
+                    .expect("spawn rank thread")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank threads catch their panics"))
+            .collect()
+    });
+    // The rank that failed first is the cause, if its closure failed (a closure may also have
+    // handled a failed call and returned normally).
+    if let Some((rank, _)) = group.first_failure() {
+        if results[rank].is_err() {
+            let e = results.swap_remove(rank).err().expect("checked");
+            return Err(Error::RankFailed {
+                rank,
+                error: Box::new(e),
+            });
+        }
+    }
+    let mut out = Vec::with_capacity(world_size);
+    for (rank, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                return Err(Error::RankFailed {
+                    rank,
+                    error: Box::new(e),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
