@@ -174,6 +174,120 @@ fn bias_gelu_rows(rows: usize, cols: usize, dtype: DType) -> Result<Vec<KernelRo
     Ok(vec![fwd, bwd])
 }
 
+/// The layer kernels (residual add, layernorm, softmax, cross-entropy, AdamW) at `rows x cols`.
+fn layer_rows(rows: usize, cols: usize, dtype: DType) -> Result<Vec<KernelRow>> {
+    let shape = format!("{rows}x{cols}");
+    let mut v = Vec::new();
+    v.push(measure(
+        format!("add {dtype}"),
+        shape.clone(),
+        0,
+        |dev, s| {
+            let a = tensor(dev, 1, &[rows, cols], dtype)?;
+            let b = tensor(dev, 2, &[rows, cols], dtype)?;
+            let mut c = Tensor::poisoned(dev, [rows, cols], dtype)?;
+            ops::bias::add(s, &a, &b, &mut c)?;
+            Ok(bytes(&a) + bytes(&b) + bytes(&c))
+        },
+    )?);
+    v.push(measure(
+        format!("layernorm_fwd {dtype}"),
+        shape.clone(),
+        0,
+        |dev, s| {
+            let x = tensor(dev, 1, &[rows, cols], dtype)?;
+            let g = tensor(dev, 2, &[cols], dtype)?;
+            let b = tensor(dev, 3, &[cols], dtype)?;
+            let mut y = Tensor::poisoned(dev, [rows, cols], dtype)?;
+            let mut mean = Tensor::poisoned(dev, [rows], DType::F32)?;
+            let mut rstd = Tensor::poisoned(dev, [rows], DType::F32)?;
+            ops::layernorm_fwd(s, &x, &g, &b, 1e-5, &mut y, &mut mean, &mut rstd)?;
+            Ok(bytes(&x) + bytes(&g) + bytes(&b) + bytes(&y) + bytes(&mean) + bytes(&rstd))
+        },
+    )?);
+    v.push(measure(
+        format!("layernorm_bwd {dtype}"),
+        shape.clone(),
+        0,
+        |dev, s| {
+            let x = tensor(dev, 1, &[rows, cols], dtype)?;
+            let dy = tensor(dev, 4, &[rows, cols], dtype)?;
+            let g = tensor(dev, 2, &[cols], dtype)?;
+            // The row statistics, computed on the host (uploads launch no kernel, so only the
+            // backward is counted).
+            let xv = x.to_f64_vec(s)?;
+            let (mut mv, mut rv) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+            for r in 0..rows {
+                let row = &xv[r * cols..(r + 1) * cols];
+                let m = row.iter().sum::<f64>() / cols as f64;
+                let var = row.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / cols as f64;
+                mv.push(m);
+                rv.push(1.0 / (var + 1e-5).sqrt());
+            }
+            let mean = Tensor::from_f64(dev, &mv, [rows], DType::F32)?;
+            let rstd = Tensor::from_f64(dev, &rv, [rows], DType::F32)?;
+            let mut dx = Tensor::poisoned(dev, [rows, cols], dtype)?;
+            let mut dg = Tensor::poisoned(dev, [cols], dtype)?;
+            let mut db = Tensor::poisoned(dev, [cols], dtype)?;
+            ops::layernorm_bwd(s, &dy, &x, &g, &mean, &rstd, &mut dx, &mut dg, &mut db)?;
+            Ok(bytes(&dy)
+                + bytes(&x)
+                + bytes(&g)
+                + bytes(&mean)
+                + bytes(&rstd)
+                + bytes(&dx)
+                + bytes(&dg)
+                + bytes(&db))
+        },
+    )?);
+    let causal = rows == cols;
+    let sm = if causal {
+        "softmax_fwd causal"
+    } else {
+        "softmax_fwd"
+    };
+    v.push(measure(
+        format!("{sm} {dtype}"),
+        shape.clone(),
+        0,
+        |dev, s| {
+            let x = tensor(dev, 1, &[rows, cols], dtype)?;
+            let mut y = Tensor::poisoned(dev, [rows, cols], dtype)?;
+            ops::softmax_fwd(s, &x, &mut y, 0.125, causal)?;
+            Ok(bytes(&x) + bytes(&y))
+        },
+    )?);
+    v.push(measure(
+        format!("cross_entropy_fwd {dtype}"),
+        shape.clone(),
+        0,
+        |dev, s| {
+            let x = tensor(dev, 1, &[rows, cols], dtype)?;
+            let t: Vec<i32> = (0..rows).map(|r| ((r * 7919) % cols) as i32).collect();
+            let t = Tensor::from_slice(dev, &t, [rows])?;
+            let mut l = Tensor::poisoned(dev, [rows], DType::F32)?;
+            ops::cross_entropy_fwd(s, &x, &t, &mut l)?;
+            Ok(bytes(&x) + bytes(&t) + bytes(&l))
+        },
+    )?);
+    v.push(measure(
+        format!("adamw_step {dtype}"),
+        shape,
+        0,
+        |dev, s| {
+            let mut p = tensor(dev, 1, &[rows, cols], dtype)?;
+            let g = tensor(dev, 2, &[rows, cols], dtype)?;
+            let mut m = Tensor::zeros(dev, [rows, cols], DType::F32)?;
+            let mut vv = Tensor::zeros(dev, [rows, cols], DType::F32)?;
+            // Read and written: the parameter and both moments.
+            let ideal = 2 * (bytes(&p) + bytes(&m) + bytes(&vv)) + bytes(&g);
+            ops::adamw_step(s, &ops::AdamW::default(), 1, &mut p, &g, &mut m, &mut vv)?;
+            Ok(ideal)
+        },
+    )?);
+    Ok(v)
+}
+
 /// Every case of the table; `quick` uses smaller shapes (for tests and CI).
 pub fn bench(quick: bool) -> Result<Vec<KernelRow>> {
     let (rows, cols) = if quick { (64, 256) } else { (256, 1024) };
@@ -185,6 +299,7 @@ pub fn bench(quick: bool) -> Result<Vec<KernelRow>> {
     let mut out = Vec::new();
     for dtype in [DType::F32, DType::BF16] {
         out.extend(bias_gelu_rows(rows, cols, dtype)?);
+        out.extend(layer_rows(rows, cols, dtype)?);
     }
     for (l, epi, o) in [
         ("nt", "none", DType::BF16),
