@@ -239,3 +239,59 @@ fn codegen_command_emits_and_checks() {
     .expect("check passes");
     assert!(text.contains("-> PASS"), "{text}");
 }
+
+/// The shard ops (device copies on the emulator) equal the CPU backend bit for bit.
+#[test]
+fn shard_ops_on_the_emulator_equal_the_cpu_backend() {
+    use ferrotron::ops::shard;
+    let run = |dev: &Device| -> Vec<Vec<f64>> {
+        let s = dev.new_stream().unwrap();
+        let x = Tensor::from_f64(
+            dev,
+            &ferrotron::verify::random_vec(5, 6 * 12, -1.0, 1.0),
+            [6, 12],
+            DType::BF16,
+        )
+        .unwrap();
+        let y = Tensor::from_f64(
+            dev,
+            &ferrotron::verify::random_vec(6, 6 * 5, -1.0, 1.0),
+            [6, 5],
+            DType::BF16,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let mut c = Tensor::poisoned(dev, [6, 12], DType::BF16).unwrap();
+        shard::copy(&s, &x, &mut c).unwrap();
+        out.push(c.to_f64_vec(&s).unwrap());
+        let mut p = Tensor::poisoned(dev, [6, 4], DType::BF16).unwrap();
+        shard::split_last(&s, &x, 2, 3, &mut p).unwrap();
+        out.push(p.to_f64_vec(&s).unwrap());
+        let mut f = Tensor::poisoned(dev, [2, 12], DType::BF16).unwrap();
+        shard::split_first(&s, &x, 1, 3, &mut f).unwrap();
+        out.push(f.to_f64_vec(&s).unwrap());
+        let mut cat = Tensor::poisoned(dev, [6, 17], DType::BF16).unwrap();
+        shard::concat_last(&s, &[&y, &x], &mut cat).unwrap();
+        out.push(cat.to_f64_vec(&s).unwrap());
+        let st = x.reshape([3, 2, 12]).unwrap();
+        let mut cs = Tensor::poisoned(dev, [2, 36], DType::BF16).unwrap();
+        shard::concat_last_stacked(&s, &st, &mut cs).unwrap();
+        out.push(cs.to_f64_vec(&s).unwrap());
+        let mut flat = Tensor::poisoned(dev, [40], DType::BF16).unwrap();
+        shard::pack(&s, &y, &mut flat, 7).unwrap();
+        let mut back = Tensor::poisoned(dev, [6, 5], DType::BF16).unwrap();
+        shard::unpack(&s, &flat, 7, &mut back).unwrap();
+        out.push(back.to_f64_vec(&s).unwrap());
+        s.synchronize().unwrap();
+        out
+    };
+    let want = run(&Device::cpu());
+    let got = run(&Device::emu(0).unwrap());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(
+            g.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            w.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "op {i}"
+        );
+    }
+}

@@ -429,12 +429,26 @@ fn gemm_epilogue_typed_errors() {
         matches!(e, Error::Unsupported { ref backend, .. } if backend.contains("bf16")),
         "{e}"
     );
-    // alpha != 1.
-    let e = err(ops::gemm(&s, &a, &b, &mut c, &Gemm { alpha: 2.0, ..nn }));
-    assert!(
-        matches!(e, Error::Unsupported { ref backend, .. } if backend.contains("alpha")),
-        "{e}"
-    );
+    // alpha is applied by the kernels (attention's 1/sqrt(d) scaling): c = alpha * a b.
+    {
+        let av: Vec<f64> = (0..32).map(|i| (i % 7) as f64 * 0.25 - 0.5).collect();
+        let bv: Vec<f64> = (0..48).map(|i| (i % 5) as f64 * 0.5 - 1.0).collect();
+        let a2 = Tensor::from_f64(&dev, &av, [4, 8], DType::BF16).unwrap();
+        let b2 = Tensor::from_f64(&dev, &bv, [8, 6], DType::BF16).unwrap();
+        let mut c2 = Tensor::poisoned(&dev, [4, 6], DType::F32).unwrap();
+        ops::gemm(&s, &a2, &b2, &mut c2, &Gemm { alpha: 0.375, ..nn }).unwrap();
+        let got = c2.to_f64_vec(&s).unwrap();
+        for i in 0..4 {
+            for j in 0..6 {
+                let want: f64 = 0.375 * (0..8).map(|k| av[i * 8 + k] * bv[k * 6 + j]).sum::<f64>();
+                assert!(
+                    (got[i * 6 + j] - want).abs() < 1e-5,
+                    "alpha: {} vs {want}",
+                    got[i * 6 + j]
+                );
+            }
+        }
+    }
     // beta == 1 with a layout that has no accum kernel, and beta == 0.5.
     let e = err(ops::gemm(&s, &a, &b, &mut c, &Gemm { beta: 1.0, ..nn }));
     assert!(matches!(e, Error::Unsupported { .. }), "{e}");

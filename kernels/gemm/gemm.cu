@@ -206,9 +206,10 @@ struct Pair<__nv_bfloat16> {
 
 // The epilogue of one output element: returns the value to store, writes pre when asked.
 template <int EPI, typename OutT>
-__device__ __forceinline__ float epi_value(const FtGemmParams& p, float acc, uint64_t m,
-                                           uint64_t n) {
+__device__ __forceinline__ float epi_value(const FtGemmParams& p, float alpha, float acc,
+                                           uint64_t m, uint64_t n) {
     const uint64_t idx = m * p.n + n;
+    if (alpha != 1.0f) acc *= alpha;  // alpha * op(a) op(b), once, before any epilogue
     if (EPI == EPI_BIAS) {
         return acc + load_out(static_cast<const OutT*>(p.bias), n);
     } else if (EPI == EPI_BIAS_GELU) {
@@ -342,6 +343,7 @@ __device__ __forceinline__ void gemm_kernel(const FtGemmParams& p) {
     // Epilogue straight from the accumulator fragments: element e of fragment (i, j) is row
     // g (+8 for e >= 2), columns 2 * tig, 2 * tig + 1.
     OutT* C = static_cast<OutT*>(p.c);
+    const float alpha = p.alpha;  // in a register: the stores below may not alias it
     const bool pairs = (N % 2 == 0) && ft_aligned(p.c, 2 * sizeof(OutT) - 1);
     const int g = lane >> 2, tig = lane & 3;
 #pragma unroll
@@ -354,9 +356,9 @@ __device__ __forceinline__ void gemm_kernel(const FtGemmParams& p) {
             for (int j = 0; j < NI; ++j) {
                 const uint64_t n = n0 + wn * WN + j * 8 + tig * 2;
                 if (n >= N) continue;
-                const float v0 = epi_value<EPI, OutT>(p, acc[i][j][h * 2], m, n);
+                const float v0 = epi_value<EPI, OutT>(p, alpha, acc[i][j][h * 2], m, n);
                 if (n + 1 < N) {
-                    const float v1 = epi_value<EPI, OutT>(p, acc[i][j][h * 2 + 1], m, n + 1);
+                    const float v1 = epi_value<EPI, OutT>(p, alpha, acc[i][j][h * 2 + 1], m, n + 1);
                     if (pairs) {
                         *reinterpret_cast<typename Pair<OutT>::T*>(C + m * N + n) =
                             Pair<OutT>::make(v0, v1);

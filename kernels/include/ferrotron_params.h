@@ -120,6 +120,10 @@ typedef struct FtGemmParams {
     uint64_t n;
     /** The reduction dimension. */
     uint64_t k;
+    /** Scale of the product: every epilogue sees `acc = alpha * op(a) op(b)`. */
+    float alpha;
+    /** Unused (keeps the struct free of padding). */
+    uint32_t reserved;
 } FtGemmParams;
 
 /**

@@ -201,10 +201,14 @@ pub struct FtGemmParams {
     pub n: u64,
     /// The reduction dimension.
     pub k: u64,
+    /// Scale of the product: every epilogue sees `acc = alpha * op(a) op(b)`.
+    pub alpha: f32,
+    /// Unused (keeps the struct free of padding).
+    pub reserved: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of FtGemmParams"][::std::mem::size_of::<FtGemmParams>() - 64usize];
+    ["Size of FtGemmParams"][::std::mem::size_of::<FtGemmParams>() - 72usize];
     ["Alignment of FtGemmParams"][::std::mem::align_of::<FtGemmParams>() - 8usize];
     [
         "Offset of field: FtGemmParams::a",
@@ -230,6 +234,12 @@ const _: () = {
     [
         "Offset of field: FtGemmParams::k",
     ][::std::mem::offset_of!(FtGemmParams, k) - 56usize];
+    [
+        "Offset of field: FtGemmParams::alpha",
+    ][::std::mem::offset_of!(FtGemmParams, alpha) - 64usize];
+    [
+        "Offset of field: FtGemmParams::reserved",
+    ][::std::mem::offset_of!(FtGemmParams, reserved) - 68usize];
 };
 impl Default for FtGemmParams {
     fn default() -> Self {

@@ -148,14 +148,15 @@ fn device_unsupported(op: &'static str, stream: &Stream, why: &str) -> Error {
 /// - CPU: everything (any float dtypes, alpha, beta, transposes, epilogue); the GEMM runs in f32
 ///   and the epilogue is an f32 pass over the result, rounded once to the output dtype.
 /// - CUDA and the emulator (the sm_80 kernels of `kernels/gemm/gemm.cu`): bf16 `a`/`b`, bf16 or
-///   f32 `c`, `alpha == 1`; layouts (`ta`, `tb`) = (N, T) with `None`/`Bias`/`BiasGelu`,
+///   f32 `c`, any finite `alpha`; layouts (`ta`, `tb`) = (N, T) with `None`/`Bias`/`BiasGelu`,
 ///   (N, N) with `None`/`DGelu`, (T, N) with `None`, plus `beta == 1` with an f32 `c` and
-///   `None` on (T, N) (weight-gradient accumulation, `c += op(a) op(b)`); otherwise `beta == 0`.
+///   `None` on (T, N) (weight-gradient accumulation, `c += alpha op(a) op(b)`); otherwise
+///   `beta == 0`.
 ///
 /// # Errors
 /// Shape, rank, dtype, device and aliasing problems are typed errors naming the operand
 /// ([`Error::ShapeMismatch`], [`Error::DTypeMismatch`], ...); a combination a device backend
-/// does not implement (non-bf16 operands, alpha, beta, layout, epilogue) is
+/// does not implement (non-bf16 operands, beta, layout, epilogue) is
 /// [`Error::Unsupported`], whose `backend` says what is missing.
 pub fn gemm_epilogue(
     stream: &Stream,
@@ -228,6 +229,7 @@ pub fn gemm_epilogue(
                         m,
                         n,
                         k,
+                        args.alpha,
                     );
                     cuda::launch(stream, s, &plan, &p)
                 }
@@ -243,6 +245,7 @@ pub fn gemm_epilogue(
                         m,
                         n,
                         k,
+                        args.alpha,
                     );
                     let keep = reads
                         .iter()
@@ -269,9 +272,6 @@ fn device_kernel(
     if a.dtype() != DType::BF16 {
         let why = format!("a and b must be bf16, got {}", a.dtype().name());
         return Err(device_unsupported(op, stream, &why));
-    }
-    if args.alpha != 1.0 {
-        return Err(device_unsupported(op, stream, "alpha != 1"));
     }
     let layout = match (args.ta, args.tb) {
         (Transpose::N, Transpose::T) => cuda::Layout::Nt,

@@ -14,8 +14,10 @@
 //! [`crate::Error::Unsupported`] until these copies get kernels). Like every op, outputs are
 //! caller-provided tensors and may not alias an input.
 
-use super::launch::{enqueue_host, float_dispatch, prepare};
+use super::launch::{enqueue_host, float_dispatch, prepare_kernel};
 use super::validate;
+use crate::backend::emu::copy::{copy_segments, Segment};
+use crate::device::BackendKind;
 use crate::error::{Error, Result};
 use crate::stream::{Stream, StreamImpl};
 use crate::tensor::{view, view_mut, Tensor};
@@ -43,6 +45,21 @@ mod cpu {
 }
 
 /// `x` is a non-empty float tensor of rank at least 1.
+/// Whether `stream` is an emulated GPU's (its copies are device copies, not host loops).
+fn on_emu(stream: &Stream) -> bool {
+    matches!(stream.imp(), StreamImpl::Cpu(_)) && stream.device().kind() == BackendKind::Emu
+}
+
+/// One segment copying `len` bytes.
+fn seg(src: usize, src_off: usize, dst_off: usize, len: usize) -> Segment {
+    Segment {
+        src,
+        src_off: src_off as u64,
+        dst_off: dst_off as u64,
+        len: len as u64,
+    }
+}
+
 fn check_input(op: &'static str, what: &str, x: &Tensor) -> Result<()> {
     validate::min_rank(op, what, x, 1)?;
     validate::nonzero(op, what, x)?;
@@ -86,8 +103,12 @@ pub fn copy(stream: &Stream, x: &Tensor, out: &mut Tensor) -> Result<()> {
     validate::dtype(OP, "out", out, x.dtype())?;
     let reads = [("x", x)];
     let writes = [("out", &*out)];
-    prepare(stream, OP, &reads, &writes)?;
+    prepare_kernel(stream, OP, &reads, &writes)?;
     let dtype = x.dtype();
+    if on_emu(stream) {
+        let bytes = x.numel() * dtype.size_in_bytes();
+        return copy_segments(stream, OP, &[x], out, vec![seg(0, 0, 0, bytes)]);
+    }
     match stream.imp() {
         StreamImpl::Cpu(_) => {
             enqueue_host(stream, OP, &reads, &writes, move |l| {
@@ -129,8 +150,16 @@ pub fn split_last(
     validate::dtype(OP, "out", out, x.dtype())?;
     let reads = [("x", x)];
     let writes = [("out", &*out)];
-    prepare(stream, OP, &reads, &writes)?;
+    prepare_kernel(stream, OP, &reads, &writes)?;
     let dtype = x.dtype();
+    if on_emu(stream) {
+        let es = dtype.size_in_bytes();
+        let rows = x.numel() / c;
+        let segs = (0..rows)
+            .map(|r| seg(0, (r * c + index * w) * es, r * w * es, w * es))
+            .collect();
+        return copy_segments(stream, OP, &[x], out, segs);
+    }
     match stream.imp() {
         StreamImpl::Cpu(_) => {
             enqueue_host(stream, OP, &reads, &writes, move |l| {
@@ -174,8 +203,13 @@ pub fn split_first(
     validate::dtype(OP, "out", out, x.dtype())?;
     let reads = [("x", x)];
     let writes = [("out", &*out)];
-    prepare(stream, OP, &reads, &writes)?;
+    prepare_kernel(stream, OP, &reads, &writes)?;
     let (dtype, len) = (x.dtype(), out.numel());
+    if on_emu(stream) {
+        let es = dtype.size_in_bytes();
+        let segs = vec![seg(0, index * len * es, 0, len * es)];
+        return copy_segments(stream, OP, &[x], out, segs);
+    }
     match stream.imp() {
         StreamImpl::Cpu(_) => {
             enqueue_host(stream, OP, &reads, &writes, move |l| {
@@ -238,8 +272,22 @@ pub fn concat_last(stream: &Stream, parts: &[&Tensor], out: &mut Tensor) -> Resu
         }
     }
     let writes = [("out", &*out)];
-    prepare(stream, OP, &reads, &writes)?;
+    prepare_kernel(stream, OP, &reads, &writes)?;
     let dtype = first.dtype();
+    if on_emu(stream) {
+        let es = dtype.size_in_bytes();
+        let total: usize = widths.iter().sum();
+        let rows = first.numel() / widths[0];
+        let mut segs = Vec::with_capacity(rows * parts.len());
+        for r in 0..rows {
+            let mut col = 0;
+            for (q, &wq) in widths.iter().enumerate() {
+                segs.push(seg(q, r * wq * es, (r * total + col) * es, wq * es));
+                col += wq;
+            }
+        }
+        return copy_segments(stream, OP, parts, out, segs);
+    }
     match stream.imp() {
         StreamImpl::Cpu(_) => {
             enqueue_host(stream, OP, &reads, &writes, move |l| {
@@ -271,9 +319,25 @@ pub fn concat_last_stacked(stream: &Stream, stacked: &Tensor, out: &mut Tensor) 
     validate::dtype(OP, "out", out, stacked.dtype())?;
     let reads = [("stacked", stacked)];
     let writes = [("out", &*out)];
-    prepare(stream, OP, &reads, &writes)?;
+    prepare_kernel(stream, OP, &reads, &writes)?;
     let dtype = stacked.dtype();
     let slab = stacked.numel() / p;
+    if on_emu(stream) {
+        let es = dtype.size_in_bytes();
+        let rows = slab / w;
+        let mut segs = Vec::with_capacity(rows * p);
+        for r in 0..rows {
+            for q in 0..p {
+                segs.push(seg(
+                    0,
+                    (q * slab + r * w) * es,
+                    (r * p * w + q * w) * es,
+                    w * es,
+                ));
+            }
+        }
+        return copy_segments(stream, OP, &[stacked], out, segs);
+    }
     match stream.imp() {
         StreamImpl::Cpu(_) => {
             enqueue_host(stream, OP, &reads, &writes, move |l| {
@@ -328,8 +392,15 @@ pub fn pack(stream: &Stream, x: &Tensor, flat: &mut Tensor, offset: usize) -> Re
     check_range(OP, flat, offset, n)?;
     let reads = [("x", x)];
     let writes = [("flat", &*flat)];
-    prepare(stream, OP, &reads, &writes)?;
+    prepare_kernel(stream, OP, &reads, &writes)?;
     let (xd, fd) = (x.dtype(), flat.dtype());
+    if on_emu(stream) {
+        if xd != fd {
+            return Err(super::unsupported(OP, stream));
+        }
+        let es = xd.size_in_bytes();
+        return copy_segments(stream, OP, &[x], flat, vec![seg(0, 0, offset * es, n * es)]);
+    }
     match stream.imp() {
         StreamImpl::Cpu(_) => {
             enqueue_host(stream, OP, &reads, &writes, move |l| {
@@ -358,8 +429,21 @@ pub fn unpack(stream: &Stream, flat: &Tensor, offset: usize, out: &mut Tensor) -
     check_range(OP, flat, offset, n)?;
     let reads = [("flat", flat)];
     let writes = [("out", &*out)];
-    prepare(stream, OP, &reads, &writes)?;
+    prepare_kernel(stream, OP, &reads, &writes)?;
     let (fd, od) = (flat.dtype(), out.dtype());
+    if on_emu(stream) {
+        if fd != od {
+            return Err(super::unsupported(OP, stream));
+        }
+        let es = fd.size_in_bytes();
+        return copy_segments(
+            stream,
+            OP,
+            &[flat],
+            out,
+            vec![seg(0, offset * es, 0, n * es)],
+        );
+    }
     match stream.imp() {
         StreamImpl::Cpu(_) => {
             enqueue_host(stream, OP, &reads, &writes, move |l| {

@@ -192,8 +192,11 @@ pub(crate) fn params(
     m: usize,
     n: usize,
     k: usize,
+    alpha: f32,
 ) -> FtGemmParams {
     FtGemmParams {
+        alpha,
+        reserved: 0,
         a: a as usize as *const _,
         b: b as usize as *const _,
         c: c as usize as *mut _,

@@ -12,6 +12,7 @@
 //! - Buffers are allocated in the emulator's memory; [`crate::Tensor::poisoned`] marks its bytes
 //!   poisoned, so a kernel that reads an output before writing it is reported.
 
+pub(crate) mod copy;
 pub mod elementwise;
 pub mod gemm;
 pub(crate) mod layers;
