@@ -631,20 +631,7 @@ mod blocks {
             .iter()
             .map(|(v, d)| Tensor::from_f64(dev, v, d.as_slice(), DType::F32))
             .collect::<Result<Vec<_>>>()?;
-        let w = BlockWeights {
-            ln1_gamma: &t[0],
-            ln1_beta: &t[1],
-            w_qkv: &t[2],
-            b_qkv: Some(&t[3]),
-            w_proj: &t[4],
-            b_proj: Some(&t[5]),
-            ln2_gamma: &t[6],
-            ln2_beta: &t[7],
-            w_fc1: &t[8],
-            b_fc1: Some(&t[9]),
-            w_fc2: &t[10],
-            b_fc2: Some(&t[11]),
-        };
+        let w = BlockWeights::from_slice(&t)?;
         TransformerBlock::from_full(&TpStreams::serial(stream), tp, cfg(), w)
     }
 

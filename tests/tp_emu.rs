@@ -140,20 +140,7 @@ fn transformer_block_on_two_emulated_gpus_matches_the_cpu_backend() {
             t(21, &[BH, BFFN], -0.15, 0.15)?,
             t(22, &[BH], -0.05, 0.05)?,
         ];
-        let weights = BlockWeights {
-            ln1_gamma: &w[0],
-            ln1_beta: &w[1],
-            w_qkv: &w[2],
-            b_qkv: Some(&w[3]),
-            w_proj: &w[4],
-            b_proj: Some(&w[5]),
-            ln2_gamma: &w[6],
-            ln2_beta: &w[7],
-            w_fc1: &w[8],
-            b_fc1: Some(&w[9]),
-            w_fc2: &w[10],
-            b_fc2: Some(&w[11]),
-        };
+        let weights = BlockWeights::from_slice(&w)?;
         let mut cfg = TransformerBlockConfig::new(BH, HEADS, BFFN);
         cfg.sequence_parallel = sp;
         let mut block = TransformerBlock::from_full(&streams, comm, cfg, weights)?;

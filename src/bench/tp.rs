@@ -88,20 +88,7 @@ fn run(cfg: &TpBench, tp: usize) -> Result<Run> {
         let streams = TpStreams::new(&ctx.device)?;
         let f = full_weights(&ctx.device, h, ffn, cfg.dtype)?;
         let t = &f.t;
-        let weights = BlockWeights {
-            ln1_gamma: &t[0],
-            ln1_beta: &t[1],
-            w_qkv: &t[2],
-            b_qkv: Some(&t[3]),
-            w_proj: &t[4],
-            b_proj: Some(&t[5]),
-            ln2_gamma: &t[6],
-            ln2_beta: &t[7],
-            w_fc1: &t[8],
-            b_fc1: Some(&t[9]),
-            w_fc2: &t[10],
-            b_fc2: Some(&t[11]),
-        };
+        let weights = BlockWeights::from_slice(t)?;
         let mut block = TransformerBlock::from_full(&streams, comm, block_cfg.clone(), weights)?;
         let local = block_cfg.local_tokens(s, tp)?;
         let lo = if block_cfg.sequence_parallel {

@@ -214,20 +214,7 @@ impl GptStage {
         let mut blocks = Vec::with_capacity(per);
         for l in stage * per..(stage + 1) * per {
             let t = block_weights(stream, cfg, l)?;
-            let w = BlockWeights {
-                ln1_gamma: &t[0],
-                ln1_beta: &t[1],
-                w_qkv: &t[2],
-                b_qkv: Some(&t[3]),
-                w_proj: &t[4],
-                b_proj: Some(&t[5]),
-                ln2_gamma: &t[6],
-                ln2_beta: &t[7],
-                w_fc1: &t[8],
-                b_fc1: Some(&t[9]),
-                w_fc2: &t[10],
-                b_fc2: Some(&t[11]),
-            };
+            let w = BlockWeights::from_slice(&t)?;
             blocks.push(TransformerBlock::from_full(&ts, &*tp, cfg.block(), w)?);
         }
         let (final_ln, head) = if stage + 1 == stages {

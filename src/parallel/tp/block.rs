@@ -379,6 +379,39 @@ pub struct BlockWeights<'a> {
     pub b_fc2: Option<&'a Tensor>,
 }
 
+impl<'a> BlockWeights<'a> {
+    /// The weights of a block with biases from the twelve tensors in field order: LN1 gamma,
+    /// LN1 beta, QKV weight, QKV bias, projection weight, projection bias, LN2 gamma, LN2 beta,
+    /// FC1 weight, FC1 bias, FC2 weight, FC2 bias.
+    ///
+    /// Errors: [`Error::InvalidArgument`] unless there are exactly twelve.
+    pub fn from_slice(t: &'a [Tensor]) -> Result<BlockWeights<'a>> {
+        let [ln1_gamma, ln1_beta, w_qkv, b_qkv, w_proj, b_proj, ln2_gamma, ln2_beta, w_fc1, b_fc1, w_fc2, b_fc2] =
+            t
+        else {
+            return Err(Error::invalid(
+                "BlockWeights::from_slice",
+                "t",
+                format!("{} tensors, a block with biases has 12", t.len()),
+            ));
+        };
+        Ok(BlockWeights {
+            ln1_gamma,
+            ln1_beta,
+            w_qkv,
+            b_qkv: Some(b_qkv),
+            w_proj,
+            b_proj: Some(b_proj),
+            ln2_gamma,
+            ln2_beta,
+            w_fc1,
+            b_fc1: Some(b_fc1),
+            w_fc2,
+            b_fc2: Some(b_fc2),
+        })
+    }
+}
+
 /// The pre-LN transformer block (see the [module docs](self)).
 #[derive(Debug)]
 pub struct TransformerBlock {
