@@ -244,3 +244,35 @@ fn generated_kernels_on_the_emulator_match_the_evaluator() {
         names.len()
     );
 }
+
+/// The PTX cache: a second compile of the same expression does not run the compiler (also from
+/// a fresh cache over the same directory, as a later process would), a changed expression does.
+#[test]
+fn ptx_cache_compiles_each_expression_once() {
+    use codegen::run::PtxCache;
+    let Some(nvcc) = nvcc() else {
+        if std::env::var("FERROTRON_REQUIRE_KERNELS").as_deref() == Ok("1") {
+            panic!("FERROTRON_REQUIRE_KERNELS=1 but FERROTRON_NVCC is not set");
+        }
+        println!("skipped: FERROTRON_NVCC is not set");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("ferrotron-ptx-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let g = Graph::new();
+    let x = g.input("x", Dtype::F32, Bcast::Full);
+    let a = elementwise(&gelu(x.clone()), Dtype::F32);
+    let b = elementwise(&x.tanh(), Dtype::F32);
+    let cache = PtxCache::new(&dir, &nvcc).expect("cache");
+    let pa = cache.ptx(&a.source).expect("compile a");
+    assert_eq!(cache.compiles(), 1);
+    assert_eq!(cache.ptx(&a.source).expect("a again"), pa);
+    assert_eq!(cache.compiles(), 1, "a hit must not compile");
+    cache.ptx(&b.source).expect("compile b");
+    assert_eq!(cache.compiles(), 2, "a changed expression compiles");
+    let later = PtxCache::new(&dir, &nvcc).expect("cache");
+    assert_eq!(later.ptx(&a.source).expect("from disk"), pa);
+    assert_eq!(later.compiles(), 0, "a later process finds it on disk");
+    assert!(pa.contains(&a.name));
+    let _ = std::fs::remove_dir_all(&dir);
+}
