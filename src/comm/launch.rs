@@ -67,14 +67,7 @@ where
                             device: Device::cpu(),
                             comm: ThreadComm::new(rank, group),
                         };
-                        let out = match catch_unwind(AssertUnwindSafe(|| f(ctx))) {
-                            Ok(r) => r,
-                            Err(p) => Err(Error::AsyncFailure {
-                                stream: format!("rank {rank}"),
-                                op: "launch closure".into(),
-                                message: crate::error::panic_message(&*p),
-                            }),
-                        };
+                        let out = run_rank(rank, || f(ctx));
                         if let Err(e) = &out {
                             // A rank that only saw someone else's failure is not the cause.
                             if !matches!(e, Error::PeerFailed { .. }) {
@@ -119,4 +112,17 @@ where
         }
     }
     Ok(out)
+}
+
+/// Runs rank `rank`'s closure, turning a panic into [`Error::AsyncFailure`] naming the rank (so
+/// a launcher can fail the other ranks instead of losing the thread). Shared by every launcher.
+pub(crate) fn run_rank<T>(rank: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => Err(Error::AsyncFailure {
+            stream: format!("rank {rank}"),
+            op: "launch closure".into(),
+            message: crate::error::panic_message(&*p),
+        }),
+    }
 }

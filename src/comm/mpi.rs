@@ -64,7 +64,6 @@ use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::mem::MaybeUninit;
 use std::os::raw::{c_int, c_void};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -571,14 +570,7 @@ pub fn launch<T>(config: CommConfig, f: impl FnOnce(MpiRankCtx<'_>) -> Result<T>
         comm,
         world: &world,
     };
-    let out = match catch_unwind(AssertUnwindSafe(|| f(ctx))) {
-        Ok(r) => r,
-        Err(p) => Err(Error::AsyncFailure {
-            stream: format!("rank {rank}"),
-            op: "launch closure".into(),
-            message: crate::error::panic_message(&*p),
-        }),
-    };
+    let out = super::launch::run_rank(rank, || f(ctx));
     if let Err(e) = &out {
         if !matches!(e, Error::PeerFailed { .. }) {
             world.notify_failure(&e.to_string());

@@ -58,7 +58,6 @@ use crate::ops::launch::prepare_kernel;
 use crate::stream::Stream;
 use crate::tensor::{Buffer, Tensor};
 use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -839,14 +838,7 @@ where
                             device: comm.device().clone(),
                             comm,
                         };
-                        let out = match catch_unwind(AssertUnwindSafe(|| f(ctx))) {
-                            Ok(r) => r,
-                            Err(p) => Err(Error::AsyncFailure {
-                                stream: format!("rank {rank}"),
-                                op: "launch closure".into(),
-                                message: crate::error::panic_message(&*p),
-                            }),
-                        };
+                        let out = super::launch::run_rank(rank, || f(ctx));
                         if let Err(e) = &out {
                             if !matches!(e, Error::PeerFailed { .. }) {
                                 group.fail(rank, e.to_string());

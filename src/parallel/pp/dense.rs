@@ -34,6 +34,32 @@ struct DenseLayer {
     db: Tensor,
 }
 
+/// `dW += dh^T x`, accumulated into the f32 main gradient.
+const WGRAD: Gemm = Gemm {
+    ta: Transpose::T,
+    tb: Transpose::N,
+    alpha: 1.0,
+    beta: 1.0,
+};
+
+impl DenseLayer {
+    /// Input half of this layer's backward: `dh = dy * gelu'(pre + b)` and `dx = dh W`.
+    fn input_grad(&self, stream: &Stream, pre: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let dev = stream.device();
+        let mut dh = Tensor::poisoned(dev, pre.dims(), pre.dtype())?;
+        bias_gelu_bwd(stream, dy, pre, &self.b, &mut dh, None)?;
+        let mut dx = Tensor::poisoned(dev, [pre.dims()[0], self.w.dims()[1]], pre.dtype())?;
+        gemm(stream, &dh, &self.w, &mut dx, &Gemm::default())?;
+        Ok((dh, dx))
+    }
+
+    /// Weight half: `dW += dh^T x`, `db += column sums of dh`.
+    fn weight_grad(&mut self, stream: &Stream, dh: &Tensor, x: &Tensor) -> Result<()> {
+        gemm(stream, dh, x, &mut self.dw, &WGRAD)?;
+        column_sum(stream, dh, &mut self.db, true)
+    }
+}
+
 /// A stack of dense GeLU layers: one pipeline chunk. Parameters in the stage's dtype; gradients
 /// accumulated in f32 (Megatron's `main_grad`) across micro-batches.
 pub struct DenseGeluStage {
@@ -191,23 +217,12 @@ impl DenseGeluStage {
         on_layer: &mut dyn FnMut(usize, &Tensor, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
         let s = downcast::<ForwardSaved>("DenseGeluStage::backward_with_hook", saved)?;
-        let rows = input.dims().first().copied().unwrap_or(0);
-        let wargs = Gemm {
-            ta: Transpose::T,
-            beta: 1.0,
-            ..Gemm::default()
-        };
         let mut dy: Option<Tensor> = None;
         for l in (0..self.layers.len()).rev() {
             let layer = &mut self.layers[l];
-            let g = dy.as_ref().unwrap_or(grad_output);
-            let mut dh = Tensor::poisoned(&self.device, s.pre[l].dims(), self.dtype)?;
-            bias_gelu_bwd(stream, g, &s.pre[l], &layer.b, &mut dh, None)?;
-            let mut dx = Tensor::poisoned(&self.device, [rows, layer.w.dims()[1]], self.dtype)?;
-            gemm(stream, &dh, &layer.w, &mut dx, &Gemm::default())?;
-            let x = if l == 0 { input } else { &s.hidden[l - 1] };
-            gemm(stream, &dh, x, &mut layer.dw, &wargs)?;
-            column_sum(stream, &dh, &mut layer.db, true)?;
+            let (dh, dx) =
+                layer.input_grad(stream, &s.pre[l], dy.as_ref().unwrap_or(grad_output))?;
+            layer.weight_grad(stream, &dh, if l == 0 { input } else { &s.hidden[l - 1] })?;
             on_layer(l, &layer.dw, &layer.db)?;
             dy = Some(dx);
         }
@@ -252,22 +267,17 @@ impl PipelineStage for DenseGeluStage {
     fn backward_input(
         &mut self,
         stream: &Stream,
-        input: &Tensor,
+        _input: &Tensor,
         saved: Saved,
         grad_output: &Tensor,
     ) -> Result<(Tensor, Saved)> {
         let s = downcast::<ForwardSaved>("DenseGeluStage::backward_input", saved)?;
-        let rows = input.dims().first().copied().unwrap_or(0);
         let n = self.layers.len();
         let mut dpre: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
         let mut dy: Option<Tensor> = None;
         for l in (0..n).rev() {
-            let layer = &self.layers[l];
             let g = dy.as_ref().unwrap_or(grad_output);
-            let mut dh = Tensor::poisoned(&self.device, s.pre[l].dims(), self.dtype)?;
-            bias_gelu_bwd(stream, g, &s.pre[l], &layer.b, &mut dh, None)?;
-            let mut dx = Tensor::poisoned(&self.device, [rows, layer.w.dims()[1]], self.dtype)?;
-            gemm(stream, &dh, &layer.w, &mut dx, &Gemm::default())?;
+            let (dh, dx) = self.layers[l].input_grad(stream, &s.pre[l], g)?;
             dpre[l] = Some(dh);
             dy = Some(dx);
         }
@@ -281,15 +291,12 @@ impl PipelineStage for DenseGeluStage {
 
     fn backward_weight(&mut self, stream: &Stream, input: &Tensor, saved: Saved) -> Result<()> {
         let s = downcast::<WeightSaved>("DenseGeluStage::backward_weight", saved)?;
-        let args = Gemm {
-            ta: Transpose::T,
-            beta: 1.0,
-            ..Gemm::default()
-        };
         for (l, layer) in self.layers.iter_mut().enumerate() {
-            let x = if l == 0 { input } else { &s.hidden[l - 1] };
-            gemm(stream, &s.dpre[l], x, &mut layer.dw, &args)?;
-            column_sum(stream, &s.dpre[l], &mut layer.db, true)?;
+            layer.weight_grad(
+                stream,
+                &s.dpre[l],
+                if l == 0 { input } else { &s.hidden[l - 1] },
+            )?;
         }
         Ok(())
     }
