@@ -72,7 +72,8 @@ fn c_float(bits: u32) -> String {
     }
 }
 
-const PRELUDE: &str = r#"#include <cuda_bf16.h>
+/// The device helpers every generated source starts with (GeLU, NaN-propagating max/min).
+pub const PRELUDE: &str = r#"#include <cuda_bf16.h>
 
 #ifndef FT_CODEGEN_PRELUDE
 #define FT_CODEGEN_PRELUDE
@@ -154,6 +155,7 @@ pub fn elementwise(expr: &Expr, out: Dtype) -> Kernel {
         let _ = writeln!(s, "        const unsigned long long c = i - r * cols;");
     }
     let v = |id: usize| format!("v{id}");
+    let v = &v;
     for id in expr.reachable() {
         let rhs = match &nodes[id] {
             Node::Input {
@@ -174,47 +176,7 @@ pub fn elementwise(expr: &Expr, out: Dtype) -> Kernel {
                     (Dtype::Bf16, _) => format!("__bfloat162float({at})"),
                 }
             }
-            Node::Const(bits) => c_float(*bits),
-            Node::Unary(op, a) => {
-                let a = v(*a);
-                match op {
-                    UnOp::Neg => format!("-{a}"),
-                    UnOp::Abs => format!("fabsf({a})"),
-                    UnOp::Exp => format!("expf({a})"),
-                    UnOp::Log => format!("logf({a})"),
-                    UnOp::Tanh => format!("tanhf({a})"),
-                    UnOp::Erf => format!("erff({a})"),
-                    UnOp::Sqrt => format!("sqrtf({a})"),
-                    UnOp::Rsqrt => format!("1.0f / sqrtf({a})"),
-                    UnOp::Gelu => format!("ft_cg_gelu({a})"),
-                    UnOp::GeluGrad => format!("ft_cg_gelu_grad({a})"),
-                }
-            }
-            Node::Binary(op, a, b) => {
-                let (a, b) = (v(*a), v(*b));
-                match op {
-                    BinOp::Add => format!("{a} + {b}"),
-                    BinOp::Sub => format!("{a} - {b}"),
-                    BinOp::Mul => format!("{a} * {b}"),
-                    BinOp::Div => format!("{a} / {b}"),
-                    BinOp::Max => format!("ft_cg_max({a}, {b})"),
-                    BinOp::Min => format!("ft_cg_min({a}, {b})"),
-                }
-            }
-            Node::Cmp(op, a, b) => {
-                let o = match op {
-                    CmpOp::Lt => "<",
-                    CmpOp::Le => "<=",
-                    CmpOp::Gt => ">",
-                    CmpOp::Eq => "==",
-                };
-                format!("({} {o} {}) ? 1.0f : 0.0f", v(*a), v(*b))
-            }
-            Node::Select(c, a, b) => format!("({} != 0.0f) ? {} : {}", v(*c), v(*a), v(*b)),
-            Node::Cast(Dtype::F32, a) => v(*a),
-            Node::Cast(Dtype::Bf16, a) => {
-                format!("__bfloat162float(__float2bfloat16_rn({}))", v(*a))
-            }
+            other => node_c(other, v).unwrap_or_default(),
         };
         let _ = writeln!(s, "        const float {} = {rhs};", v(id));
     }
@@ -231,6 +193,57 @@ pub fn elementwise(expr: &Expr, out: Dtype) -> Kernel {
         out,
         canonical,
     }
+}
+
+/// The C expression (f32) of one node that is not an input, with `v(id)` the name of the
+/// variable holding node `id`'s value: the one place the IR's operations are spelled in CUDA C
+/// (the elementwise kernels and the GEMM epilogue functors share it). `None` for an input node,
+/// whose load depends on where the kernel reads it from.
+pub fn node_c(node: &Node, v: &dyn Fn(usize) -> String) -> Option<String> {
+    Some(match node {
+        Node::Input { .. } => return None,
+        Node::Const(bits) => c_float(*bits),
+        Node::Unary(op, a) => {
+            let a = v(*a);
+            match op {
+                UnOp::Neg => format!("-{a}"),
+                UnOp::Abs => format!("fabsf({a})"),
+                UnOp::Exp => format!("expf({a})"),
+                UnOp::Log => format!("logf({a})"),
+                UnOp::Tanh => format!("tanhf({a})"),
+                UnOp::Erf => format!("erff({a})"),
+                UnOp::Sqrt => format!("sqrtf({a})"),
+                UnOp::Rsqrt => format!("1.0f / sqrtf({a})"),
+                UnOp::Gelu => format!("ft_cg_gelu({a})"),
+                UnOp::GeluGrad => format!("ft_cg_gelu_grad({a})"),
+            }
+        }
+        Node::Binary(op, a, b) => {
+            let (a, b) = (v(*a), v(*b));
+            match op {
+                BinOp::Add => format!("{a} + {b}"),
+                BinOp::Sub => format!("{a} - {b}"),
+                BinOp::Mul => format!("{a} * {b}"),
+                BinOp::Div => format!("{a} / {b}"),
+                BinOp::Max => format!("ft_cg_max({a}, {b})"),
+                BinOp::Min => format!("ft_cg_min({a}, {b})"),
+            }
+        }
+        Node::Cmp(op, a, b) => {
+            let o = match op {
+                CmpOp::Lt => "<",
+                CmpOp::Le => "<=",
+                CmpOp::Gt => ">",
+                CmpOp::Eq => "==",
+            };
+            format!("({} {o} {}) ? 1.0f : 0.0f", v(*a), v(*b))
+        }
+        Node::Select(c, a, b) => format!("({} != 0.0f) ? {} : {}", v(*c), v(*a), v(*b)),
+        Node::Cast(Dtype::F32, a) => v(*a),
+        Node::Cast(Dtype::Bf16, a) => {
+            format!("__bfloat162float(__float2bfloat16_rn({}))", v(*a))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -19,14 +19,16 @@
 //!   one rounding on store) whose name is a stable hash of the expression;
 //! - [`eval`]: the CPU evaluator of the same graph in f64, the oracle the kernel is tested
 //!   against;
-//! - [`run`]: nvcc to sm_80 PTX and ptx-emu, so a generated kernel is checked against the
+//! - [`cache`] and `run` (feature `emu`, on by default): nvcc to sm_80 PTX (cached on disk) and ptx-emu, so a generated kernel is checked against the
 //!   evaluator on any machine ([`parse`] reads expressions from text for the command line);
 //! - the graph itself, simplified as it is built: constants fold, and structurally equal
 //!   subexpressions are one node (common-subexpression elimination by hash-consing), so the
 //!   emitted code computes each value once, deterministically.
 
+pub mod cache;
 pub mod emit;
 pub mod eval;
 pub mod expr;
 pub mod parse;
+#[cfg(feature = "emu")]
 pub mod run;
