@@ -27,8 +27,10 @@
 
 pub mod cache;
 pub mod emit;
+pub mod epilogue;
 pub mod eval;
 pub mod expr;
 pub mod parse;
 #[cfg(feature = "emu")]
 pub mod run;
+pub mod variants;

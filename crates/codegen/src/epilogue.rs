@@ -1,0 +1,1 @@
+//! GEMM epilogue functors from the expression IR (see issue #10).
