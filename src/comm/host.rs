@@ -4,7 +4,6 @@
 
 use super::reduce::Raw;
 use super::Work;
-use crate::backend::cpu::lock_all;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::launch::prepare;
@@ -47,7 +46,11 @@ pub(crate) fn count(op: &'static str, what: &str, t: &Tensor, want: usize) -> Re
     Ok(())
 }
 
-/// Enqueues `run` on `stream` with `reads`/`writes` locked and published as raw buffers.
+/// Enqueues `run` on `stream` with `reads`/`writes` (at most one of each: a communication call
+/// has one input and one output at most) locked and published as raw buffers.
+///
+/// Allocation-free apart from the stream's task and the returned [`Work`]: the hot path of
+/// every host communicator goes through here.
 pub(crate) fn enqueue(
     stream: &Stream,
     op: &'static str,
@@ -61,18 +64,39 @@ pub(crate) fn enqueue(
             backend: format!("{} (threads communicator)", stream.device().kind()),
         });
     }
+    if reads.len() > 1 || writes.len() > 1 {
+        return Err(Error::invalid(
+            op,
+            "operands",
+            "a communication call takes at most one input and one output",
+        ));
+    }
     prepare(stream, op, reads, writes)?;
     let status: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
     let slot = status.clone();
-    let rb: Vec<_> = reads.iter().map(|(_, t)| t.buffer().clone()).collect();
-    let wb: Vec<_> = writes.iter().map(|(_, t)| t.buffer().clone()).collect();
+    let rb = reads.first().map(|(_, t)| t.buffer().clone());
+    let wb = writes.first().map(|(_, t)| t.buffer().clone());
     stream.push_host(op, move || {
-        let mut locked = lock_all(&rb, &wb);
-        let (r, w) = locked.io();
-        let raw_r: Vec<Raw> = r.iter().map(|h| raw_of(h)).collect();
-        let raw_w: Vec<Raw> = w.into_iter().map(raw_of_mut).collect();
-        let out = run(&raw_r, &raw_w);
-        drop(locked);
+        // Lock in ascending buffer id, as `lock_all` does (the op layer has ruled out aliasing).
+        let write_first = matches!((&rb, &wb), (Some(r), Some(w)) if w.id() < r.id());
+        let lock_w = || {
+            wb.as_ref()
+                .map(|b| b.host().write().unwrap_or_else(|p| p.into_inner()))
+        };
+        let lock_r = || {
+            rb.as_ref()
+                .map(|b| b.host().read().unwrap_or_else(|p| p.into_inner()))
+        };
+        let (rg, mut wg) = if write_first {
+            let w = lock_w();
+            (lock_r(), w)
+        } else {
+            (lock_r(), lock_w())
+        };
+        let raw_r = rg.as_deref().map(raw_of);
+        let raw_w = wg.as_deref_mut().map(raw_of_mut);
+        let out = run(raw_r.as_slice(), raw_w.as_slice());
+        drop((rg, wg));
         if let Err(e) = &out {
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
         }

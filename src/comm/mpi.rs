@@ -693,9 +693,9 @@ fn describe(rec: &Record, counts: Option<&[usize]>, seq: u64) -> String {
                 op: op_of((w0 >> 16) & 0xff)?,
                 dtype: dtype_of((w0 >> 8) & 0xff)?,
                 counts: match counts {
-                    Some(c) => c.to_vec(),
-                    None if rec[3] == 1 => vec![rec[4] as usize],
-                    None => Vec::new(),
+                    Some(c) => c.into(),
+                    None if rec[3] == 1 => [rec[4] as usize].into(),
+                    None => [].into(),
                 },
                 root: rec[2].checked_sub(1).map(|r| r as usize),
                 redop: redop_of(w0 & 0xff)?,
@@ -1418,7 +1418,7 @@ impl MpiComm {
         Signature {
             op,
             dtype,
-            counts,
+            counts: counts.into(),
             root: None,
             redop: None,
         }

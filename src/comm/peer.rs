@@ -390,7 +390,7 @@ impl PeerComm {
         Signature {
             op,
             dtype,
-            counts,
+            counts: counts.into(),
             root: None,
             redop: None,
         }

@@ -2,6 +2,7 @@
 
 use crate::dtype::DType;
 use std::fmt;
+use std::sync::Arc;
 
 /// A reduction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,7 +62,9 @@ pub struct Signature {
     /// Element type (None for barrier/split).
     pub dtype: Option<DType>,
     /// Element counts: for all-gather / reduce-scatter the per-rank block counts, else one count.
-    pub counts: Vec<usize>,
+    /// Shared, so that a signature is cloned (to every rank's view of a rendezvous) without
+    /// touching the heap.
+    pub counts: Arc<[usize]>,
     /// Root (broadcast).
     pub root: Option<usize>,
     /// Reduction (all-reduce, reduce-scatter).

@@ -134,6 +134,22 @@ struct Arrival {
 /// Where a split put this rank: its new group and its rank there.
 type Placement = Option<(Arc<Group>, usize)>;
 
+thread_local! {
+    /// The arrivals of the collective this (stream worker) thread is running, reused per call.
+    static ARRIVALS: std::cell::Cell<Vec<Arrival>> = const { std::cell::Cell::new(Vec::new()) };
+    /// (buffer, element offset) lists handed to the reductions, reused per call.
+    static SLICES: std::cell::Cell<Vec<(Raw, usize)>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's reusable (buffer, offset) list, emptied.
+fn with_slices<T>(f: impl FnOnce(&mut Vec<(Raw, usize)>) -> T) -> T {
+    let mut v = SLICES.with(|s| s.take());
+    v.clear();
+    let out = f(&mut v);
+    SLICES.with(|s| s.replace(v));
+    out
+}
+
 struct Round {
     arrivals: Vec<Option<Arrival>>,
     /// Ranks that arrived at some point (an arrival retracted on timeout stays seen, so the
@@ -160,9 +176,37 @@ struct P2pSlot {
     error: Option<Error>,
 }
 
+/// Rounds kept for reuse: collectives in flight at once on one communicator (usually one or two).
+const ROUND_POOL: usize = 8;
+
+impl Round {
+    fn new(size: usize) -> Round {
+        Round {
+            arrivals: vec![None; size],
+            seen: vec![false; size],
+            arrived: 0,
+            finished: 0,
+            left: 0,
+            groups: None,
+        }
+    }
+
+    /// Back to a fresh round, keeping the allocations.
+    fn reset(&mut self) {
+        self.arrivals.fill(None);
+        self.seen.fill(false);
+        self.arrived = 0;
+        self.finished = 0;
+        self.left = 0;
+        self.groups = None;
+    }
+}
+
 #[derive(Default)]
 struct GroupState {
     rounds: HashMap<u64, Round>,
+    /// Finished rounds whose vectors the next rounds reuse: no allocation per call once warm.
+    spare: Vec<Round>,
     /// (src, dst, tag, n): the n-th send from src to dst with tag.
     p2p: HashMap<(usize, usize, u32, u64), P2pSlot>,
 }
@@ -192,6 +236,16 @@ impl Group {
 
     fn lock(&self) -> MutexGuard<'_, GroupState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes round `seq`, keeping its vectors for a later round.
+    fn retire(st: &mut GroupState, seq: u64) {
+        if let Some(mut r) = st.rounds.remove(&seq) {
+            if st.spare.len() < ROUND_POOL {
+                r.reset();
+                st.spare.push(r);
+            }
+        }
     }
 
     /// Waits (releasing the lock) until `done` holds; fails on a failed peer or the deadline.
@@ -245,14 +299,11 @@ impl Group {
         let opname = arrival.sig.op.name();
         let mut st = self.lock();
         {
-            let round = st.rounds.entry(seq).or_insert_with(|| Round {
-                arrivals: vec![None; size],
-                seen: vec![false; size],
-                arrived: 0,
-                finished: 0,
-                left: 0,
-                groups: None,
-            });
+            let st = &mut *st;
+            let round = st
+                .rounds
+                .entry(seq)
+                .or_insert_with(|| st.spare.pop().unwrap_or_else(|| Round::new(size)));
             round.arrivals[me] = Some(arrival);
             round.seen[me] = true;
             round.arrived += 1;
@@ -281,7 +332,7 @@ impl Group {
                         r.arrivals[me] = None;
                         r.arrived -= 1;
                         if r.arrived == 0 {
-                            st.rounds.remove(&seq);
+                            Self::retire(&mut st, seq);
                         }
                         return Err(e);
                     }
@@ -290,11 +341,11 @@ impl Group {
                 st
             }
         };
-        let arrivals: Vec<Arrival> = st.rounds[&seq]
-            .arrivals
-            .iter()
-            .map(|a| a.clone().expect("all arrived"))
-            .collect();
+        // This worker thread's copy of the arrivals (cloning a signature shares its counts): the
+        // vector is reused call after call, so the rendezvous does not allocate once warm.
+        let mut arrivals = ARRIVALS.with(|a| a.take());
+        arrivals.clear();
+        arrivals.extend(st.rounds[&seq].arrivals.iter().flatten().cloned());
         drop(st);
         let mismatch = self.mismatch(seq, &arrivals);
         let panicked = if mismatch.is_none() {
@@ -302,6 +353,7 @@ impl Group {
         } else {
             None
         };
+        ARRIVALS.with(|a| a.replace(arrivals));
         // Closing barrier: nobody releases a buffer while a peer may still touch it. Bodies never
         // block, so every rank that arrived gets here; no deadline is needed.
         let mut st = self.lock();
@@ -314,7 +366,7 @@ impl Group {
         let placed = r.groups.as_ref().and_then(|g| g[me].clone());
         r.left += 1;
         if r.left == size {
-            st.rounds.remove(&seq);
+            Self::retire(&mut st, seq);
         }
         drop(st);
         if let Some(p) = panicked {
@@ -353,7 +405,13 @@ pub struct ThreadComm {
     group: Arc<Group>,
     seq: AtomicU64,
     p2p_seq: Mutex<HashMap<(usize, usize, u32), u64>>,
+    /// Recently used count lists, shared by the signatures that repeat them (the usual case: the
+    /// same shapes every step), so that building a signature does not allocate.
+    counts: Mutex<Vec<Arc<[usize]>>>,
 }
+
+/// How many distinct count lists a [`ThreadComm`] keeps.
+const COUNTS_KEPT: usize = 16;
 
 impl ThreadComm {
     pub(crate) fn new(rank: usize, group: Arc<Group>) -> ThreadComm {
@@ -362,27 +420,40 @@ impl ThreadComm {
             group,
             seq: AtomicU64::new(0),
             p2p_seq: Mutex::new(HashMap::new()),
+            counts: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A shared count list equal to `len` values `value_at(i)`: a recently used one, or a new one
+    /// (kept for next time).
+    fn counts_of(&self, len: usize, value_at: impl Fn(usize) -> usize) -> Arc<[usize]> {
+        let mut kept = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let same = |c: &Arc<[usize]>| c.len() == len && (0..len).all(|i| c[i] == value_at(i));
+        if let Some(c) = kept.iter().find(|c| same(c)) {
+            return c.clone();
+        }
+        let c: Arc<[usize]> = (0..len).map(&value_at).collect();
+        if kept.len() == COUNTS_KEPT {
+            kept.remove(0);
+        }
+        kept.push(c.clone());
+        c
     }
 
     fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Splits `0..n` into `size` contiguous blocks aligned to 16 elements (64 bytes of f32, so
-    /// ranks do not write the same cache line).
-    fn blocks(n: usize, size: usize) -> Vec<(usize, usize)> {
-        (0..size)
-            .map(|r| {
-                let edge = |i: usize| (n * i / size).div_ceil(16) * 16;
-                let lo = edge(r).min(n);
-                let hi = if r + 1 == size { n } else { edge(r + 1).min(n) };
-                (lo, hi)
-            })
-            .collect()
+    /// Block `r` of `0..n` split into `size` contiguous blocks aligned to 16 elements (64 bytes
+    /// of f32, so ranks do not write the same cache line).
+    fn block(n: usize, size: usize, r: usize) -> (usize, usize) {
+        let edge = |i: usize| (n * i / size).div_ceil(16) * 16;
+        let lo = edge(r).min(n);
+        let hi = if r + 1 == size { n } else { edge(r + 1).min(n) };
+        (lo, hi)
     }
 
-    fn sig(op: CollOp, dtype: Option<DType>, counts: Vec<usize>) -> Signature {
+    fn sig(op: CollOp, dtype: Option<DType>, counts: Arc<[usize]>) -> Signature {
         Signature {
             op,
             dtype,
@@ -419,7 +490,7 @@ impl ThreadComm {
         stream: &Stream,
         input: &Tensor,
         output: &mut Tensor,
-        counts: Vec<usize>,
+        counts: Arc<[usize]>,
         op: ReduceOp,
     ) -> Result<Work> {
         const OP: &str = "reduce_scatter";
@@ -443,17 +514,16 @@ impl ThreadComm {
                     output: Some(w[0]),
                     split: (0, 0),
                 };
-                let offs = host::offsets(&counts);
                 let me = sh.rank;
+                let off: usize = counts[..me].iter().sum();
                 sh.group.collective(me, seq, arrival, |all| {
-                    let srcs: Vec<(Raw, usize)> = all
-                        .iter()
-                        .map(|a| (a.input.expect("input"), offs[me]))
-                        .collect();
-                    // SAFETY: all ranks arrived and hold their buffers locked until the closing
-                    // barrier; this rank reads block `me` of every input (read-only for everyone)
-                    // and writes only its own output.
-                    unsafe { reduce::reduce_to(op, &srcs, &[(w[0], 0)], counts[me]) };
+                    with_slices(|srcs| {
+                        srcs.extend(all.iter().map(|a| (a.input.expect("input"), off)));
+                        // SAFETY: all ranks arrived and hold their buffers locked until the
+                        // closing barrier; this rank reads block `me` of every input (read-only
+                        // for everyone) and writes only its own output.
+                        unsafe { reduce::reduce_to(op, srcs, &[(w[0], 0)], counts[me]) };
+                    });
                 })?;
                 Ok(())
             },
@@ -465,7 +535,7 @@ impl ThreadComm {
         stream: &Stream,
         input: &Tensor,
         output: &mut Tensor,
-        counts: Vec<usize>,
+        counts: Arc<[usize]>,
     ) -> Result<Work> {
         const OP: &str = "all_gather";
         let dtype = host::comm_dtype(OP, "input", input)?;
@@ -487,14 +557,13 @@ impl ThreadComm {
                     output: Some(w[0]),
                     split: (0, 0),
                 };
-                let offs = host::offsets(&counts);
                 sh.group.collective(sh.rank, seq, arrival, |all| {
+                    let mut off = 0;
                     for (q, a) in all.iter().enumerate() {
                         // SAFETY: inputs are read-only for everyone during the collective; this rank
                         // writes only its own output.
-                        unsafe {
-                            reduce::copy(a.input.expect("input"), 0, w[0], offs[q], counts[q])
-                        };
+                        unsafe { reduce::copy(a.input.expect("input"), 0, w[0], off, counts[q]) };
+                        off += counts[q];
                     }
                 })?;
                 Ok(())
@@ -521,7 +590,7 @@ impl Communicator for ThreadComm {
         let dtype = host::comm_dtype(OP, "buf", buf)?;
         let n = buf.numel();
         let seq = self.next_seq();
-        let mut sig = Self::sig(CollOp::AllReduce, Some(dtype), vec![n]);
+        let mut sig = Self::sig(CollOp::AllReduce, Some(dtype), self.counts_of(1, |_| n));
         sig.redop = Some(op);
         let sh = self.shared();
         host::enqueue(stream, OP, &[], &[("buf", &*buf)], move |_, w| {
@@ -533,16 +602,36 @@ impl Communicator for ThreadComm {
             };
             let me = sh.rank;
             sh.group.collective(me, seq, arrival, |all| {
-                let (lo, hi) = Self::blocks(n, all.len())[me];
-                let bufs: Vec<(Raw, usize)> =
-                    all.iter().map(|a| (a.output.expect("buf"), lo)).collect();
-                // SAFETY: block [lo, hi) of every rank's buffer is read and written by this rank
-                // alone (blocks are disjoint per rank) until the closing barrier; each element is
-                // fully read from all sources (one chunk at a time) before it is written.
-                unsafe { reduce::reduce_to(op, &bufs, &bufs, hi - lo) };
+                let (lo, hi) = Self::block(n, all.len(), me);
+                with_slices(|bufs| {
+                    bufs.extend(all.iter().map(|a| (a.output.expect("buf"), lo)));
+                    // SAFETY: block [lo, hi) of every rank's buffer is read and written by this
+                    // rank alone (blocks are disjoint per rank) until the closing barrier; each
+                    // element is fully read from all sources (one chunk at a time) before it is
+                    // written.
+                    unsafe { reduce::reduce_to(op, bufs, bufs, hi - lo) };
+                });
             })?;
             Ok(())
         })
+    }
+
+    fn all_gather(&self, stream: &Stream, input: &Tensor, output: &mut Tensor) -> Result<Work> {
+        let n = input.numel();
+        let counts = self.counts_of(self.size(), |_| n);
+        self.all_gather_impl(stream, input, output, counts)
+    }
+
+    fn reduce_scatter(
+        &self,
+        stream: &Stream,
+        input: &Tensor,
+        output: &mut Tensor,
+        op: ReduceOp,
+    ) -> Result<Work> {
+        let n = output.numel();
+        let counts = self.counts_of(self.size(), |_| n);
+        self.reduce_scatter_impl(stream, input, output, counts, op)
     }
 
     fn all_gather_v(
@@ -553,7 +642,8 @@ impl Communicator for ThreadComm {
         counts: &[usize],
     ) -> Result<Work> {
         check_counts("all_gather_v", counts, self.size())?;
-        self.all_gather_impl(stream, input, output, counts.to_vec())
+        let counts = self.counts_of(counts.len(), |i| counts[i]);
+        self.all_gather_impl(stream, input, output, counts)
     }
 
     fn reduce_scatter_v(
@@ -565,7 +655,8 @@ impl Communicator for ThreadComm {
         op: ReduceOp,
     ) -> Result<Work> {
         check_counts("reduce_scatter_v", counts, self.size())?;
-        self.reduce_scatter_impl(stream, input, output, counts.to_vec(), op)
+        let counts = self.counts_of(counts.len(), |i| counts[i]);
+        self.reduce_scatter_impl(stream, input, output, counts, op)
     }
 
     fn broadcast(&self, stream: &Stream, buf: &mut Tensor, root: usize) -> Result<Work> {
@@ -574,7 +665,7 @@ impl Communicator for ThreadComm {
         let dtype = host::comm_dtype(OP, "buf", buf)?;
         let n = buf.numel();
         let seq = self.next_seq();
-        let mut sig = Self::sig(CollOp::Broadcast, Some(dtype), vec![n]);
+        let mut sig = Self::sig(CollOp::Broadcast, Some(dtype), self.counts_of(1, |_| n));
         sig.root = Some(root);
         let sh = self.shared();
         host::enqueue(stream, OP, &[], &[("buf", &*buf)], move |_, w| {
@@ -605,6 +696,7 @@ impl Communicator for ThreadComm {
         let dtype = host::comm_dtype(OP, "buf", buf)?;
         let n = buf.numel();
         let key = (self.rank, peer, tag, self.p2p_key(self.rank, peer, tag));
+        let counts = self.counts_of(1, |_| n);
         let sh = self.shared();
         let sid = stream.id();
         host::enqueue(stream, OP, &[("buf", buf)], &[], move |r, _| {
@@ -613,7 +705,7 @@ impl Communicator for ThreadComm {
             st.p2p.insert(
                 key,
                 P2pSlot {
-                    sig: Self::sig(CollOp::Send, Some(dtype), vec![n]),
+                    sig: Self::sig(CollOp::Send, Some(dtype), counts),
                     data: r[0],
                     state: P2pState::Posted,
                     error: None,
@@ -671,6 +763,7 @@ impl Communicator for ThreadComm {
         let dtype = host::comm_dtype(OP, "buf", buf)?;
         let n = buf.numel();
         let key = (peer, self.rank, tag, self.p2p_key(peer, self.rank, tag));
+        let counts = self.counts_of(1, |_| n);
         let sh = self.shared();
         let sid = stream.id();
         host::enqueue(stream, OP, &[], &[("buf", &*buf)], move |_, w| {
@@ -681,7 +774,7 @@ impl Communicator for ThreadComm {
                 st.p2p.contains_key(&key)
             })?;
             let slot = st.p2p.get_mut(&key).expect("posted");
-            let want = Self::sig(CollOp::Send, Some(dtype), vec![n]);
+            let want = Self::sig(CollOp::Send, Some(dtype), counts);
             if slot.sig != want {
                 let e = Error::CollectiveMismatch {
                     comm: g.name.clone(),
@@ -710,7 +803,7 @@ impl Communicator for ThreadComm {
 
     fn barrier(&self, stream: &Stream) -> Result<Work> {
         let seq = self.next_seq();
-        let sig = Self::sig(CollOp::Barrier, None, vec![]);
+        let sig = Self::sig(CollOp::Barrier, None, self.counts_of(0, |_| 0));
         let sh = self.shared();
         host::enqueue(stream, "barrier", &[], &[], move |_, _| {
             let arrival = Arrival {
@@ -728,7 +821,7 @@ impl Communicator for ThreadComm {
         let seq = self.next_seq();
         let g = &self.group;
         let arrival = Arrival {
-            sig: Self::sig(CollOp::Split, None, vec![]),
+            sig: Self::sig(CollOp::Split, None, [].into()),
             input: None,
             output: None,
             split: (color.map_or(0, |c| c as u64 + 1), key),

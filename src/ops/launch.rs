@@ -59,6 +59,9 @@ pub(crate) fn prepare_kernel(
             }
         }
     }
+    if !stream.device().is_checked() {
+        return Ok(()); // nothing to record, and nothing to allocate on the hot path
+    }
     let r: Vec<&Tensor> = reads.iter().map(|(_, t)| *t).collect();
     let w: Vec<&Tensor> = writes.iter().map(|(_, t)| *t).collect();
     check_access(stream, &r, &w)

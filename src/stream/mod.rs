@@ -30,7 +30,8 @@ pub struct Stream {
 
 struct StreamInner {
     id: u64,
-    label: String,
+    /// Shared with the tasks that name the stream in an error (cloned without allocating).
+    label: Arc<str>,
     device: Device,
     imp: StreamImpl,
 }
@@ -71,7 +72,7 @@ impl Stream {
         Ok(Stream {
             inner: Arc::new(StreamInner {
                 id,
-                label,
+                label: label.into(),
                 device: device.clone(),
                 imp,
             }),
@@ -119,7 +120,7 @@ impl Stream {
                             // A record on a failed stream still completes (no waiter hangs) but
                             // carries the failure, so the streams and hosts that wait on it fail
                             // too instead of running on garbage.
-                            let failure = probe().map(|err| (label, err));
+                            let failure = probe().map(|err| (label.to_string(), err));
                             e.complete(generation, failure);
                         }
                         Ok(())
