@@ -34,6 +34,9 @@ libdirs=$(ldconfig -p | awk '/libcuda\.so|libnccl\.so|libcublasLt\.so|libnvrtc\.
 nccl=$(find / -name 'libnccl.so.2' 2>/dev/null | head -n 1)
 if [ -n "$nccl" ]; then linkdir=$(mktemp -d); ln -s "$nccl" "$linkdir/libnccl.so"; libdirs="$linkdir:$libdirs"; export FERROTRON_REQUIRE_NCCL=1; fi
 export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:-}"
+# NVRTC for the run-time code generator (Fused::compile): the machine's own (PyTorch ships one).
+nvrtc=$(find / \( -name 'libnvrtc.so.13*' -o -name 'libnvrtc.so.12*' \) -not -name '*builtins*' 2>/dev/null | sort | head -n 1)
+if [ -n "$nvrtc" ]; then export FERROTRON_NVRTC="$nvrtc" FERROTRON_REQUIRE_NVRTC=1; fi
 export FERROTRON_REQUIRE_GPU="${FERROTRON_REQUIRE_GPU:-1}"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" > "$out/nvidia-smi.txt"
 status=0
