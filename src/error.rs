@@ -285,6 +285,27 @@ pub enum Error {
         /// Its failure.
         error: Box<Error>,
     },
+    /// NVRTC (the run-time CUDA C compiler, `libnvrtc.so.13`) could not be found or loaded, so
+    /// generated kernels cannot be compiled ([`crate::fused`]).
+    #[error(
+        "NVRTC is unavailable: {reason} (install it with scripts/install-cuda-toolchain.sh, which \
+         puts libnvrtc.so.13 in its venv under nvidia/cu13/lib, or set FERROTRON_NVRTC to a \
+         libnvrtc.so.13 or its directory)"
+    )]
+    NvrtcUnavailable {
+        /// What was tried, and why each attempt failed.
+        reason: String,
+    },
+    /// A run-time compiler (NVRTC) rejected a generated kernel: its log.
+    #[error("{compiler} could not compile {kernel}:\n{log}")]
+    KernelCompile {
+        /// The kernel's name.
+        kernel: String,
+        /// The compiler (and version).
+        compiler: String,
+        /// The compiler's log (or the cache's I/O error).
+        log: String,
+    },
     /// The op is not available on this backend (yet).
     #[error("{op} is not implemented on the {backend} backend")]
     Unsupported {

@@ -21,6 +21,7 @@ pub mod comm;
 pub mod device;
 pub mod dtype;
 pub mod error;
+pub mod fused;
 pub mod kernels;
 pub mod model;
 pub mod ops;

@@ -1,5 +1,8 @@
-//! `ferrotron codegen`: emit the CUDA C of a fused elementwise expression and, with `--check`,
-//! compile it (nvcc, sm_80 PTX), run it on the emulator and compare it with the f64 evaluator.
+//! `ferrotron codegen`: emit the CUDA C of a fused elementwise expression (with reductions along
+//! the last dim: `sum(x)`, `max(x)`, `mean(x)`, e.g. softmax
+//! `exp(x - max(x)) / sum(exp(x - max(x)))`) and, with `--check`, compile it (nvcc, sm_80 PTX),
+//! run it on the emulator and compare it with the f64 evaluator. A per-row expression
+//! (`rsqrt(mean(x * x) + 1e-5)`) has one value per row.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -97,6 +100,13 @@ pub fn codegen(
     let views: Vec<&[f64]> = data.iter().map(Vec::as_slice).collect();
     let want = evaluate(&e, rows, cols, &views).map_err(|e| e.to_string())?;
     let got = run_on_emu(&loaded, &mem, &k, rows, cols, &views).map_err(|e| e.to_string())?;
+    if got.len() != want.values.len() {
+        return Err(format!(
+            "the kernel wrote {} values, the evaluator has {}",
+            got.len(),
+            want.values.len()
+        ));
+    }
     let rounds = k.canonical.contains("CastBf16");
     let mut worst = 0f64;
     let mut bad = 0;
@@ -112,14 +122,52 @@ pub fn codegen(
     }
     let _ = writeln!(
         s,
-        "// check on ptx-emu ({} at {rows}x{cols}): {} of {} elements within tolerance, worst error/tolerance {worst:.3} -> {}",
+        "// check on ptx-emu ({} at {rows}x{cols}): {} of {} {} within tolerance, worst error/tolerance {worst:.3} -> {}",
         k.name,
         got.len() - bad,
         got.len(),
+        if k.per_row {
+            "per-row values"
+        } else {
+            "elements"
+        },
         if bad == 0 { "PASS" } else { "FAIL" }
     );
     if bad > 0 {
         return Err(s);
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reductions through the command: softmax emits a per-row reduction kernel and, with an
+    /// nvcc, checks on the emulator; a per-row expression reports one value per row.
+    #[test]
+    fn codegen_accepts_reductions() {
+        let ins = vec!["x:bf16:full".to_string(), "g:f32:row".to_string()];
+        let softmax = "exp(x - max(x)) / sum(exp(x - max(x)))";
+        let text = codegen(softmax, &ins, Dtype::Bf16, None).expect("emit");
+        assert!(text.contains("ft_cg_block_max(") && text.contains("ft_cg_block_sum("));
+        assert!(codegen("sum(x, g)", &ins, Dtype::F32, None).is_err());
+        if std::env::var_os("FERROTRON_NVCC").is_none() {
+            return;
+        }
+        let text = codegen(softmax, &ins, Dtype::Bf16, Some((7, 33))).expect("check");
+        assert!(
+            text.contains("231 of 231 elements") && text.contains("-> PASS"),
+            "{text}"
+        );
+        let ln = "(x - mean(x)) * rsqrt(mean((x - mean(x)) * (x - mean(x))) + 1e-5) * g";
+        let text = codegen(ln, &ins, Dtype::F32, Some((3, 1000))).expect("check");
+        assert!(text.contains("-> PASS"), "{text}");
+        let text =
+            codegen("rsqrt(mean(x * x) + 1e-5)", &ins, Dtype::F32, Some((5, 67))).expect("check");
+        assert!(
+            text.contains("5 of 5 per-row values") && text.contains("-> PASS"),
+            "{text}"
+        );
+    }
 }

@@ -1,19 +1,44 @@
 //! The CUDA C emitter: one readable kernel per expression.
 //!
-//! The kernel is a grid-stride loop over the `rows * cols` output elements. Each input is read
-//! by index according to its broadcast (`x[i]`, `b[c]`, `s[r]`, or a parameter), widened to
-//! f32; every node of the graph becomes one `const float vN = ...;` line, in topological order,
-//! computed once (the graph is already CSE'd); the result is rounded once to the output type on
-//! store. The kernel's name is `ft_fused_<16 hex digits>`, an FNV-1a hash of the expression's
-//! canonical form and the output type: the same expression always gets the same name (and a
-//! cache key), on every machine.
+//! Every node of the graph becomes one `const float vN = ...;` line, in topological order,
+//! computed once (the graph is already CSE'd) in f32; inputs are widened to f32 on load and the
+//! result is rounded once to the output type on store. The kernel's name is
+//! `ft_fused_<16 hex digits>`, an FNV-1a hash of the expression's canonical form and the output
+//! type: the same expression always gets the same name (and a cache key), on every machine.
 //!
-//! Parameters, in order: one pointer per non-scalar input (declaration order), the output
-//! pointer, `rows` and `cols` (`unsigned long long`), then one `float` per scalar input.
+//! **Elementwise kernels** (no reduction) are a grid-stride loop over the `rows * cols` output
+//! elements with a *vector path*: `V` consecutive elements per thread and step, where `V` makes
+//! the widest tensor's access 16 bytes (`V = 4` when an f32 tensor is read or written, else 8),
+//! so every full and row tensor moves in one `V`-element access per step (16-byte `float4` /
+//! `uint4`, or 8 bytes for bf16 next to f32; bf16 widens and packs in pairs, bf16x2). Whether the
+//! vector path applies is checked **in the kernel, at run time**: every pointer it vector-loads
+//! or stores is aligned to its access size, and, when a [`Bcast::Row`] or [`Bcast::Col`] input
+//! is read, `cols % V == 0` (so a step stays in one row: the row input is one aligned vector at
+//! column `c`, the column input one value at row `r`). A scalar loop then does the rest: the
+//! tail `n % V`, or every element when the vector path does not apply (odd `cols` with a
+//! broadcast, an offset pointer). [`Kernel::launch`] sizes the grid for the vector path.
+//!
+//! **Reduction kernels** (the expression has a [`crate::expr::RedOp`] node) give each row one
+//! block of [`REDUCE_THREADS`] threads (a grid-stride loop over rows). The row's reductions run
+//! in dependency phases (a reduction whose operand uses another one runs in a later phase);
+//! each phase is one loop over the row's columns (thread `t` takes columns `t, t + T, ...` and
+//! accumulates its partial in that order) followed by one block reduction per reduction: a
+//! shuffle tree within each warp, then warp 0 over the per-warp partials in shared memory. The
+//! order is fixed (no atomics), so the result is bitwise the same on every run and for every
+//! grid size. A reduced value is a per-row value, computed once per row like every other node
+//! that does not vary along the row (a [`Bcast::Col`] input, a scalar). Then the output pass:
+//! a loop over the columns writing `out[r * cols + c]`, or, for a per-row expression
+//! ([`Expr::per_row`]), thread 0 writing `out[r]` (the output has `rows` elements). Loads are
+//! scalar and coalesced (consecutive threads, consecutive columns); each phase and the output
+//! pass re-read the row's inputs (from cache on a GPU: a row of a few KiB), recomputing the
+//! elementwise values they need rather than keeping them.
+//!
+//! Parameters, in order: one pointer per non-scalar input (declaration order, used or not), the
+//! output pointer, `rows` and `cols` (`unsigned long long`), then one `float` per scalar input.
 
 use std::fmt::Write as _;
 
-use crate::expr::{Bcast, BinOp, CmpOp, Dtype, Expr, Node, UnOp};
+use crate::expr::{Bcast, BinOp, CmpOp, Dtype, Expr, Node, NodeId, RedOp, UnOp};
 
 /// A generated kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +53,43 @@ pub struct Kernel {
     pub out: Dtype,
     /// The expression's canonical form.
     pub canonical: String,
+    /// Elements per step of an elementwise kernel's vector path (4 or 8); 1 for a reduction
+    /// kernel.
+    pub vector: usize,
+    /// Whether the kernel has reductions (one block of [`REDUCE_THREADS`] per row).
+    pub reduces: bool,
+    /// Whether it writes one value per row ([`Expr::per_row`]) rather than `rows * cols`.
+    pub per_row: bool,
+}
+
+/// Threads per block of a reduction kernel (one block per row).
+pub const REDUCE_THREADS: usize = 256;
+
+/// Threads per block of an elementwise kernel.
+pub const ELEMENTWISE_THREADS: usize = 256;
+
+/// The most blocks [`Kernel::launch`] asks for (the kernels loop over the rest).
+pub const MAX_BLOCKS: usize = 1024;
+
+/// `ceil(log2 n)` for `n >= 1` (0 for 0 and 1).
+fn ceil_log2(n: usize) -> usize {
+    if n <= 1 {
+        0
+    } else {
+        (usize::BITS - (n - 1).leading_zeros()) as usize
+    }
+}
+
+/// The roundings on the longest path of a row sum over `cols` terms in a reduction kernel's
+/// fixed order: a thread adds its `ceil(cols / T)` terms one by one (`ceil(cols / T) - 1`
+/// roundings; `T` = [`REDUCE_THREADS`]), then the block's tree adds the `min(cols, T)` non-empty
+/// partials in `ceil(log2 min(cols, T))` levels (a level whose partner is an empty partial adds
+/// an exact 0). About `log2(cols)` for rows up to a few thousand; the evaluator's depth uses it.
+pub fn sum_rounding_steps(cols: usize) -> usize {
+    if cols <= 1 {
+        return 0;
+    }
+    cols.div_ceil(REDUCE_THREADS) - 1 + ceil_log2(cols.min(REDUCE_THREADS))
 }
 
 impl Kernel {
@@ -46,6 +108,31 @@ impl Kernel {
             p.extend_from_slice(&s.to_le_bytes());
         }
         p
+    }
+
+    /// The number of output elements for a `[rows, cols]` problem: `rows` for a per-row
+    /// kernel, else `rows * cols`.
+    pub fn out_len(&self, rows: usize, cols: usize) -> usize {
+        if self.per_row {
+            rows
+        } else {
+            rows.saturating_mul(cols)
+        }
+    }
+
+    /// The launch shape for a `[rows, cols]` problem: `(grid, block, dynamic shared bytes)`.
+    /// A reduction kernel takes one block of [`REDUCE_THREADS`] per row (at most
+    /// [`MAX_BLOCKS`], looping over the rest); an elementwise kernel one thread per vector step
+    /// in blocks of [`ELEMENTWISE_THREADS`] (at most [`MAX_BLOCKS`]). Neither needs dynamic
+    /// shared memory. Any grid gives the same result (the kernels loop).
+    pub fn launch(&self, rows: usize, cols: usize) -> (u32, u32, u32) {
+        if self.reduces {
+            (rows.clamp(1, MAX_BLOCKS) as u32, REDUCE_THREADS as u32, 0)
+        } else {
+            let steps = rows.saturating_mul(cols).div_ceil(self.vector.max(1));
+            let blocks = steps.div_ceil(ELEMENTWISE_THREADS).clamp(1, MAX_BLOCKS);
+            (blocks as u32, ELEMENTWISE_THREADS as u32, 0)
+        }
     }
 }
 
@@ -99,15 +186,169 @@ static __device__ __forceinline__ float ft_cg_min(float a, float b) {
 #endif
 "#;
 
-/// Emits the kernel computing `expr` into an output of type `out`.
+/// The vector loads and stores of elementwise kernels: 4 or 8 consecutive elements as f32 in
+/// one 8- or 16-byte access; bf16 in pairs (bf16x2), low half first.
+pub const VECTOR_PRELUDE: &str = r#"
+#ifndef FT_CODEGEN_VECTOR
+#define FT_CODEGEN_VECTOR
+// Vector accesses: `p` must be aligned to the access (16 bytes for f32x4 and bf16x8, 8 for
+// bf16x4). A bf16 widens to f32 exactly (its bits are the high half of the f32's); stores round
+// to nearest even, as __float2bfloat16_rn does.
+static __device__ __forceinline__ void ft_cg_ld_f32x4(const float* p, float* v) {
+    const float4 t = *reinterpret_cast<const float4*>(p);
+    v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+}
+static __device__ __forceinline__ void ft_cg_st_f32x4(float* p, const float* v) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+static __device__ __forceinline__ void ft_cg_unpack_bf16x2(unsigned int u, float* v) {
+    v[0] = __uint_as_float(u << 16);
+    v[1] = __uint_as_float(u & 0xffff0000u);
+}
+static __device__ __forceinline__ unsigned int ft_cg_pack_bf16x2(const float* v) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(v[0], v[1]);
+    return *reinterpret_cast<const unsigned int*>(&h);
+}
+static __device__ __forceinline__ void ft_cg_ld_bf16x4(const __nv_bfloat16* p, float* v) {
+    const uint2 t = *reinterpret_cast<const uint2*>(p);
+    ft_cg_unpack_bf16x2(t.x, v); ft_cg_unpack_bf16x2(t.y, v + 2);
+}
+static __device__ __forceinline__ void ft_cg_st_bf16x4(__nv_bfloat16* p, const float* v) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(ft_cg_pack_bf16x2(v), ft_cg_pack_bf16x2(v + 2));
+}
+static __device__ __forceinline__ void ft_cg_ld_bf16x8(const __nv_bfloat16* p, float* v) {
+    const uint4 t = *reinterpret_cast<const uint4*>(p);
+    ft_cg_unpack_bf16x2(t.x, v); ft_cg_unpack_bf16x2(t.y, v + 2);
+    ft_cg_unpack_bf16x2(t.z, v + 4); ft_cg_unpack_bf16x2(t.w, v + 6);
+}
+static __device__ __forceinline__ void ft_cg_st_bf16x8(__nv_bfloat16* p, const float* v) {
+    *reinterpret_cast<uint4*>(p) = make_uint4(ft_cg_pack_bf16x2(v), ft_cg_pack_bf16x2(v + 2),
+                                              ft_cg_pack_bf16x2(v + 4), ft_cg_pack_bf16x2(v + 6));
+}
+#endif
+"#;
+
+/// The block reductions of reduction kernels (they need the NaN-propagating max of
+/// [`PRELUDE`]).
+pub const REDUCE_PRELUDE: &str = r#"
+#ifndef FT_CODEGEN_REDUCE
+#define FT_CODEGEN_REDUCE
+// Block-wide reductions over blockDim.x threads (a multiple of 32, at most 1024) in a fixed
+// order, so the result is the same on every run and every thread gets it: a shuffle tree in
+// each warp (lane i takes lane i + 16, 8, 4, 2, 1), then warp 0 the same over the per-warp
+// results, kept in shared memory `red` (33 floats: one per warp, then the result). No atomics.
+static __device__ __forceinline__ float ft_cg_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return v;
+}
+static __device__ __forceinline__ float ft_cg_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = ft_cg_max(v, __shfl_down_sync(0xffffffffu, v, o));
+    return v;
+}
+static __device__ __forceinline__ float ft_cg_block_sum(float v, float* red) {
+    v = ft_cg_warp_sum(v);
+    if ((threadIdx.x & 31u) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        v = ft_cg_warp_sum(threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.0f);
+        if (threadIdx.x == 0) red[32] = v;
+    }
+    __syncthreads();
+    v = red[32];
+    __syncthreads(); // `red` is free for the next reduction
+    return v;
+}
+static __device__ __forceinline__ float ft_cg_block_max(float v, float* red) {
+    v = ft_cg_warp_max(v);
+    if ((threadIdx.x & 31u) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        v = ft_cg_warp_max(threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : __int_as_float(0xff800000));
+        if (threadIdx.x == 0) red[32] = v;
+    }
+    __syncthreads();
+    v = red[32];
+    __syncthreads(); // `red` is free for the next reduction
+    return v;
+}
+#endif
+"#;
+
+/// The C load (widened to f32) of input `index`, with `i`, `r`, `c` the C names of the element,
+/// row and column indices.
+fn load_c(index: usize, dtype: Dtype, bcast: Bcast, i: &str, r: &str, c: &str) -> String {
+    let p = format!("in{index}");
+    let at = match bcast {
+        Bcast::Full => format!("{p}[{i}]"),
+        Bcast::Row => format!("{p}[{c}]"),
+        Bcast::Col => format!("{p}[{r}]"),
+        Bcast::Scalar => return p,
+    };
+    match dtype {
+        Dtype::F32 => at,
+        Dtype::Bf16 => format!("__bfloat162float({at})"),
+    }
+}
+
+/// The C store of f32 `v` as `out`.
+fn store_c(out: Dtype, v: &str) -> String {
+    match out {
+        Dtype::F32 => v.to_string(),
+        Dtype::Bf16 => format!("__float2bfloat16_rn({v})"),
+    }
+}
+
+fn v(id: NodeId) -> String {
+    format!("v{id}")
+}
+
+/// The nodes `targets` need, operands first, not looking into reductions (their values are
+/// per-row variables by then).
+fn needed(targets: &[NodeId], nodes: &[Node]) -> Vec<NodeId> {
+    fn visit(id: NodeId, nodes: &[Node], seen: &mut [bool], order: &mut Vec<NodeId>) {
+        if seen[id] {
+            return;
+        }
+        seen[id] = true;
+        match &nodes[id] {
+            Node::Input { .. } | Node::Const(_) | Node::Reduce(..) => {}
+            Node::Unary(_, a) | Node::Cast(_, a) => visit(*a, nodes, seen, order),
+            Node::Binary(_, a, b) | Node::Cmp(_, a, b) => {
+                visit(*a, nodes, seen, order);
+                visit(*b, nodes, seen, order);
+            }
+            Node::Select(c, a, b) => {
+                visit(*c, nodes, seen, order);
+                visit(*a, nodes, seen, order);
+                visit(*b, nodes, seen, order);
+            }
+        }
+        order.push(id);
+    }
+    let mut seen = vec![false; nodes.len()];
+    let mut order = Vec::new();
+    for &t in targets {
+        visit(t, nodes, &mut seen, &mut order);
+    }
+    order
+}
+
+/// Emits the kernel computing `expr` into an output of type `out` (see the module docs for the
+/// two kernel shapes).
 pub fn elementwise(expr: &Expr, out: Dtype) -> Kernel {
     let g = expr.graph();
     let nodes = g.nodes();
     let canonical = format!("{} -> {out:?}", expr.canonical());
     let name = format!("ft_fused_{:016x}", fnv1a(canonical.as_bytes()));
+    let order = expr.reachable();
+    let reduces = order
+        .iter()
+        .any(|&id| matches!(nodes[id], Node::Reduce(..)));
+    let per_row = expr.per_row();
     let mut inputs = Vec::new();
     let (mut ptr_params, mut scalar_params) = (Vec::new(), Vec::new());
-    let mut needs_rc = false;
     for id in g.inputs() {
         if let Node::Input {
             name: n,
@@ -125,15 +366,57 @@ pub fn elementwise(expr: &Expr, out: Dtype) -> Kernel {
                     dtype.c_type()
                 )),
             }
-            needs_rc |= matches!(bcast, Bcast::Row | Bcast::Col);
         }
     }
+    // The inputs the expression reads: (index, dtype, broadcast).
+    let used: Vec<(usize, Dtype, Bcast)> = order
+        .iter()
+        .filter_map(|&id| match &nodes[id] {
+            Node::Input {
+                index,
+                dtype,
+                bcast,
+                ..
+            } => Some((*index, *dtype, *bcast)),
+            _ => None,
+        })
+        .collect();
+    // The widest tensor access is 16 bytes.
+    let widest = used
+        .iter()
+        .filter(|(_, _, b)| matches!(b, Bcast::Full | Bcast::Row))
+        .map(|(_, d, _)| d.size())
+        .chain([out.size()])
+        .max()
+        .unwrap_or(4);
+    let vector = if reduces { 1 } else { 16 / widest };
     let mut s = String::new();
     let _ = writeln!(
         s,
         "// Generated by ferrotron codegen. Expression:\n//   {canonical}"
     );
+    if reduces {
+        let _ = writeln!(
+            s,
+            "// One block per row; the row's reductions in fixed-order block reductions, then {}.",
+            if per_row {
+                "one value per row"
+            } else {
+                "the elementwise output pass"
+            }
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "// Elementwise: {vector} elements per step when aligned, a scalar loop for the rest."
+        );
+    }
     s.push_str(PRELUDE);
+    s.push_str(if reduces {
+        REDUCE_PRELUDE
+    } else {
+        VECTOR_PRELUDE
+    });
     let mut params = ptr_params;
     params.push(format!("{}* __restrict__ out", out.c_type()));
     params.push("unsigned long long rows".into());
@@ -141,67 +424,312 @@ pub fn elementwise(expr: &Expr, out: Dtype) -> Kernel {
     params.extend(scalar_params);
     let _ = writeln!(s, "\nextern \"C\" __global__ void {name}(");
     let _ = writeln!(s, "    {}) {{", params.join(",\n    "));
-    let _ = writeln!(s, "    const unsigned long long n = rows * cols;");
-    let _ = writeln!(
-        s,
-        "    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;"
-    );
-    let _ = writeln!(
-        s,
-        "    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {{"
-    );
-    if needs_rc {
-        let _ = writeln!(s, "        const unsigned long long r = i / cols;");
-        let _ = writeln!(s, "        const unsigned long long c = i - r * cols;");
+    if reduces {
+        emit_rows(&mut s, expr, &nodes, out, per_row);
+    } else {
+        emit_flat(&mut s, expr, &nodes, &order, &used, out, vector);
     }
-    let v = |id: usize| format!("v{id}");
-    let v = &v;
-    for id in expr.reachable() {
-        let rhs = match &nodes[id] {
-            Node::Input {
-                index,
-                dtype,
-                bcast,
-                ..
-            } => {
-                let p = format!("in{index}");
-                let at = match bcast {
-                    Bcast::Full => format!("{p}[i]"),
-                    Bcast::Row => format!("{p}[c]"),
-                    Bcast::Col => format!("{p}[r]"),
-                    Bcast::Scalar => p.clone(),
-                };
-                match (dtype, bcast) {
-                    (_, Bcast::Scalar) | (Dtype::F32, _) => at,
-                    (Dtype::Bf16, _) => format!("__bfloat162float({at})"),
-                }
-            }
-            other => node_c(other, v).unwrap_or_default(),
-        };
-        let _ = writeln!(s, "        const float {} = {rhs};", v(id));
-    }
-    let store = match out {
-        Dtype::F32 => v(expr.id()),
-        Dtype::Bf16 => format!("__float2bfloat16_rn({})", v(expr.id())),
-    };
-    let _ = writeln!(s, "        out[i] = {store};");
-    let _ = writeln!(s, "    }}\n}}");
+    let _ = writeln!(s, "}}");
     Kernel {
         name,
         source: s,
         inputs,
         out,
         canonical,
+        vector,
+        reduces,
+        per_row,
     }
+}
+
+/// The body of an elementwise kernel: the vector path, then the scalar loop.
+fn emit_flat(
+    s: &mut String,
+    expr: &Expr,
+    nodes: &[Node],
+    order: &[NodeId],
+    used: &[(usize, Dtype, Bcast)],
+    out: Dtype,
+    w: usize,
+) {
+    let needs_rc = used
+        .iter()
+        .any(|(_, _, b)| matches!(b, Bcast::Row | Bcast::Col));
+    let _ = writeln!(s, "    const unsigned long long n = rows * cols;");
+    let _ = writeln!(
+        s,
+        "    const unsigned long long first = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;"
+    );
+    let _ = writeln!(
+        s,
+        "    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;"
+    );
+    // The vector path's condition and its accesses.
+    let mut cond = Vec::new();
+    let mut sizes = Vec::new();
+    for (index, dtype, bcast) in used {
+        if matches!(bcast, Bcast::Full | Bcast::Row) {
+            let bytes = w * dtype.size();
+            cond.push(format!("(unsigned long long)in{index} % {bytes} == 0"));
+            sizes.push(format!("in{index} {bytes}"));
+        }
+    }
+    let out_bytes = w * out.size();
+    cond.push(format!("(unsigned long long)out % {out_bytes} == 0"));
+    sizes.push(format!("out {out_bytes}"));
+    if needs_rc {
+        cond.push(format!("cols % {w} == 0"));
+    }
+    let _ = writeln!(
+        s,
+        "    // Elements below `tail` are done by the vector path."
+    );
+    let _ = writeln!(s, "    unsigned long long tail = 0;");
+    let _ = writeln!(
+        s,
+        "    // Vector path: {w} consecutive elements per step, one access per tensor and step (bytes: {}),\n    // when every pointer is aligned to its access{}.",
+        sizes.join(", "),
+        if needs_rc {
+            " and a step stays in one row"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(s, "    if ({}) {{", cond.join(" && "));
+    let _ = writeln!(
+        s,
+        "        for (unsigned long long j = first; j < n / {w}; j += stride) {{"
+    );
+    let _ = writeln!(s, "            const unsigned long long i = j * {w};");
+    if needs_rc {
+        let _ = writeln!(s, "            const unsigned long long r = i / cols;");
+        let _ = writeln!(s, "            const unsigned long long c = i - r * cols;");
+    }
+    let vec_fn = |d: Dtype| match d {
+        Dtype::F32 => format!("f32x{w}"),
+        Dtype::Bf16 => format!("bf16x{w}"),
+    };
+    for (index, dtype, bcast) in used {
+        match bcast {
+            Bcast::Full | Bcast::Row => {
+                let at = if *bcast == Bcast::Full { "i" } else { "c" };
+                let _ = writeln!(
+                    s,
+                    "            float a{index}[{w}];\n            ft_cg_ld_{}(in{index} + {at}, a{index});",
+                    vec_fn(*dtype)
+                );
+            }
+            Bcast::Col => {
+                let _ = writeln!(
+                    s,
+                    "            const float a{index} = {};",
+                    load_c(*index, *dtype, *bcast, "i", "r", "c")
+                );
+            }
+            Bcast::Scalar => {}
+        }
+    }
+    let _ = writeln!(s, "            float o[{w}];");
+    let _ = writeln!(s, "#pragma unroll");
+    let _ = writeln!(s, "            for (int k = 0; k < {w}; ++k) {{");
+    for &id in order {
+        let rhs = match &nodes[id] {
+            Node::Input { index, bcast, .. } => match bcast {
+                Bcast::Full | Bcast::Row => format!("a{index}[k]"),
+                Bcast::Col => format!("a{index}"),
+                Bcast::Scalar => format!("in{index}"),
+            },
+            other => node_c(other, &v).unwrap_or_default(),
+        };
+        let _ = writeln!(s, "                const float {} = {rhs};", v(id));
+    }
+    let _ = writeln!(s, "                o[k] = {};", v(expr.id()));
+    let _ = writeln!(s, "            }}");
+    let _ = writeln!(s, "            ft_cg_st_{}(out + i, o);", vec_fn(out));
+    let _ = writeln!(s, "        }}");
+    let _ = writeln!(s, "        tail = n / {w} * {w};");
+    let _ = writeln!(s, "    }}");
+    let _ = writeln!(
+        s,
+        "    // Scalar path: the tail, or every element when the vector path does not apply."
+    );
+    let _ = writeln!(
+        s,
+        "    for (unsigned long long i = tail + first; i < n; i += stride) {{"
+    );
+    if needs_rc {
+        let _ = writeln!(s, "        const unsigned long long r = i / cols;");
+        let _ = writeln!(s, "        const unsigned long long c = i - r * cols;");
+    }
+    for &id in order {
+        let rhs = match &nodes[id] {
+            Node::Input {
+                index,
+                dtype,
+                bcast,
+                ..
+            } => load_c(*index, *dtype, *bcast, "i", "r", "c"),
+            other => node_c(other, &v).unwrap_or_default(),
+        };
+        let _ = writeln!(s, "        const float {} = {rhs};", v(id));
+    }
+    let _ = writeln!(s, "        out[i] = {};", store_c(out, &v(expr.id())));
+    let _ = writeln!(s, "    }}");
+}
+
+/// The body of a reduction kernel: per row, the reduction phases, then the output pass.
+fn emit_rows(s: &mut String, expr: &Expr, nodes: &[Node], out: Dtype, per_row: bool) {
+    let (varies, _) = expr.graph().row_structure();
+    let order = expr.reachable();
+    // The phase of each reduction: one after the latest reduction its operand uses.
+    let mut level = vec![0usize; nodes.len()];
+    for &id in &order {
+        level[id] = match &nodes[id] {
+            Node::Input { .. } | Node::Const(_) => 0,
+            Node::Reduce(_, a) => level[*a] + 1,
+            Node::Unary(_, a) | Node::Cast(_, a) => level[*a],
+            Node::Binary(_, a, b) | Node::Cmp(_, a, b) => level[*a].max(level[*b]),
+            Node::Select(c, a, b) => level[*c].max(level[*a]).max(level[*b]),
+        };
+    }
+    let phases = order
+        .iter()
+        .filter(|&&id| matches!(nodes[id], Node::Reduce(..)))
+        .map(|&id| level[id])
+        .max()
+        .unwrap_or(0);
+    let mut at_row = vec![false; nodes.len()];
+    // Emits the per-row values `targets` need (at row scope, once) and returns the nodes that
+    // vary along the row, for a loop over the columns.
+    let mut row_values = |s: &mut String, targets: &[NodeId]| -> Vec<NodeId> {
+        let need = needed(targets, nodes);
+        let mut body = Vec::new();
+        for id in need {
+            if varies[id] {
+                body.push(id);
+            } else if !at_row[id] && !matches!(nodes[id], Node::Reduce(..)) {
+                at_row[id] = true;
+                let rhs = match &nodes[id] {
+                    Node::Input {
+                        index,
+                        dtype,
+                        bcast,
+                        ..
+                    } => load_c(*index, *dtype, *bcast, "i", "r", "c"),
+                    other => node_c(other, &v).unwrap_or_default(),
+                };
+                let _ = writeln!(s, "        const float {} = {rhs};", v(id));
+            }
+        }
+        body
+    };
+    // The loop over the row's columns computing `body` (`i` indexes full inputs and the output).
+    let column_loop = |s: &mut String, body: &[NodeId], stores: bool| {
+        let _ = writeln!(
+            s,
+            "        for (unsigned long long c = threadIdx.x; c < cols; c += blockDim.x) {{"
+        );
+        let reads_full = body.iter().any(|&id| {
+            matches!(
+                nodes[id],
+                Node::Input {
+                    bcast: Bcast::Full,
+                    ..
+                }
+            )
+        });
+        if stores || reads_full {
+            let _ = writeln!(s, "            const unsigned long long i = r * cols + c;");
+        }
+        for &id in body {
+            let rhs = match &nodes[id] {
+                Node::Input {
+                    index,
+                    dtype,
+                    bcast,
+                    ..
+                } => load_c(*index, *dtype, *bcast, "i", "r", "c"),
+                other => node_c(other, &v).unwrap_or_default(),
+            };
+            let _ = writeln!(s, "            const float {} = {rhs};", v(id));
+        }
+    };
+    let _ = writeln!(
+        s,
+        "    // The block reductions' scratch: one partial per warp, then the result."
+    );
+    let _ = writeln!(s, "    __shared__ float ft_red[33];");
+    let _ = writeln!(
+        s,
+        "    for (unsigned long long r = blockIdx.x; r < rows; r += gridDim.x) {{"
+    );
+    for phase in 1..=phases {
+        let reds: Vec<(NodeId, RedOp, NodeId)> = order
+            .iter()
+            .filter_map(|&id| match &nodes[id] {
+                Node::Reduce(op, a) if level[id] == phase => Some((id, *op, *a)),
+                _ => None,
+            })
+            .collect();
+        let operands: Vec<NodeId> = reds.iter().map(|r| r.2).collect();
+        let body = row_values(s, &operands);
+        let names: Vec<String> = reds.iter().map(|r| v(r.0)).collect();
+        let _ = writeln!(
+            s,
+            "        // Phase {phase}: {} (each thread's partial over columns threadIdx.x, + blockDim.x, ...).",
+            names.join(", ")
+        );
+        for &(id, op, _) in &reds {
+            let init = match op {
+                RedOp::Sum | RedOp::Mean => "0.0f",
+                RedOp::Max => "__int_as_float(0xff800000) /* -inf */",
+            };
+            let _ = writeln!(s, "        float p{id} = {init};");
+        }
+        column_loop(s, &body, false);
+        for &(id, op, a) in &reds {
+            let line = match op {
+                RedOp::Sum | RedOp::Mean => format!("p{id} += {};", v(a)),
+                RedOp::Max => format!("p{id} = ft_cg_max(p{id}, {});", v(a)),
+            };
+            let _ = writeln!(s, "            {line}");
+        }
+        let _ = writeln!(s, "        }}");
+        for &(id, op, _) in &reds {
+            let rhs = match op {
+                RedOp::Sum => format!("ft_cg_block_sum(p{id}, ft_red)"),
+                RedOp::Mean => format!("ft_cg_block_sum(p{id}, ft_red) / (float)cols"),
+                RedOp::Max => format!("ft_cg_block_max(p{id}, ft_red)"),
+            };
+            let _ = writeln!(s, "        const float {} = {rhs};", v(id));
+        }
+    }
+    let root = expr.id();
+    let body = row_values(s, &[root]);
+    if per_row {
+        let _ = writeln!(s, "        // One value per row.");
+        let _ = writeln!(
+            s,
+            "        if (threadIdx.x == 0) out[r] = {};",
+            store_c(out, &v(root))
+        );
+    } else {
+        let _ = writeln!(s, "        // Output.");
+        column_loop(s, &body, true);
+        let _ = writeln!(s, "            out[i] = {};", store_c(out, &v(root)));
+        let _ = writeln!(s, "        }}");
+    }
+    let _ = writeln!(s, "    }}");
 }
 
 /// The C expression (f32) of one node that is not an input, with `v(id)` the name of the
 /// variable holding node `id`'s value: the one place the IR's operations are spelled in CUDA C
 /// (the elementwise kernels and the GEMM epilogue functors share it). `None` for an input node,
-/// whose load depends on where the kernel reads it from.
+/// whose load depends on where the kernel reads it from, and for a reduction, which is a loop
+/// over the row (a reduction kernel computes it before the nodes that use it).
 pub fn node_c(node: &Node, v: &dyn Fn(usize) -> String) -> Option<String> {
     Some(match node {
-        Node::Input { .. } => return None,
+        Node::Input { .. } | Node::Reduce(..) => return None,
         Node::Const(bits) => c_float(*bits),
         Node::Unary(op, a) => {
             let a = v(*a);
@@ -249,7 +777,7 @@ pub fn node_c(node: &Node, v: &dyn Fn(usize) -> String) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::expr::{gelu, Graph};
+    use crate::expr::{gelu, max, mean, sum, Graph};
 
     #[test]
     fn the_emitted_kernel_reads_like_the_expression() {
@@ -285,5 +813,90 @@ mod tests {
             c_float(f32::INFINITY.to_bits()),
             "__int_as_float(0x7f800000)"
         );
+    }
+
+    #[test]
+    fn vector_widths_follow_the_widest_tensor() {
+        let g = Graph::new();
+        let x = g.input("x", Dtype::Bf16, Bcast::Full);
+        let b = g.input("b", Dtype::F32, Bcast::Row);
+        let k = elementwise(&gelu(x.clone()), Dtype::Bf16);
+        assert_eq!(k.vector, 8);
+        assert!(
+            k.source.contains("ft_cg_ld_bf16x8(in0 + i, a0)"),
+            "{}",
+            k.source
+        );
+        assert!(k.source.contains("ft_cg_st_bf16x8(out + i, o)"));
+        assert!(!k.source.contains("cols % 8"), "no broadcast: any cols");
+        let k = elementwise(&(&x + &b), Dtype::Bf16);
+        assert_eq!(
+            k.vector, 4,
+            "an f32 row input: 16-byte f32x4, 8-byte bf16x4"
+        );
+        for want in [
+            "ft_cg_ld_bf16x4(in0 + i, a0)",
+            "ft_cg_ld_f32x4(in1 + c, a1)",
+            "(unsigned long long)in0 % 8 == 0",
+            "(unsigned long long)in1 % 16 == 0",
+            "cols % 4 == 0",
+            "for (unsigned long long i = tail + first; i < n; i += stride)",
+        ] {
+            assert!(k.source.contains(want), "missing {want:?} in\n{}", k.source);
+        }
+        assert_eq!(
+            k.launch(64, 1024),
+            (64, 256, 0),
+            "one thread per 4 elements"
+        );
+        assert_eq!(k.out_len(3, 5), 15);
+    }
+
+    #[test]
+    fn reductions_run_in_phases_per_row() {
+        let g = Graph::new();
+        let x = g.input("x", Dtype::F32, Bcast::Full);
+        let gamma = g.input("g", Dtype::Bf16, Bcast::Row);
+        let d = &x - &mean(&x);
+        let ln = &d * &(mean(&(&d * &d)) + 1e-5).rsqrt() * &gamma;
+        let k = elementwise(&ln, Dtype::Bf16);
+        assert!(k.reduces && !k.per_row && k.vector == 1);
+        let src = &k.source;
+        for want in [
+            "__shared__ float ft_red[33];",
+            "for (unsigned long long r = blockIdx.x; r < rows; r += gridDim.x)",
+            "// Phase 1:",
+            "// Phase 2:",
+            "ft_cg_block_sum(",
+            ") / (float)cols;",
+            "for (unsigned long long c = threadIdx.x; c < cols; c += blockDim.x)",
+            "__bfloat162float(in1[c])",
+            "out[i] = __float2bfloat16_rn(",
+        ] {
+            assert!(src.contains(want), "missing {want:?} in\n{src}");
+        }
+        let body = &src[src.find("extern \"C\"").expect("entry")..];
+        assert!(!body.contains("// Phase 3:") && !body.contains("atomic"));
+        // The rsqrt of the variance is a per-row value: computed once per row, outside the
+        // column loops.
+        assert!(src.contains("\n        const float v"), "{src}");
+        assert_eq!(k.launch(3, 1000), (3, REDUCE_THREADS as u32, 0));
+        let m = elementwise(&max(&x), Dtype::F32);
+        assert!(m.per_row && m.source.contains("if (threadIdx.x == 0) out[r] = "));
+        assert!(m.source.contains("ft_cg_block_max(") && m.source.contains("/* -inf */"));
+        assert_eq!(m.out_len(3, 1000), 3);
+        assert_ne!(m.name, elementwise(&sum(&x), Dtype::F32).name);
+    }
+
+    #[test]
+    fn sum_rounding_steps_follow_the_tree() {
+        assert_eq!(sum_rounding_steps(0), 0);
+        assert_eq!(sum_rounding_steps(1), 0);
+        assert_eq!(sum_rounding_steps(2), 1);
+        assert_eq!(sum_rounding_steps(33), 6);
+        assert_eq!(sum_rounding_steps(256), 8);
+        assert_eq!(sum_rounding_steps(257), 1 + 8);
+        assert_eq!(sum_rounding_steps(1000), 3 + 8);
+        assert_eq!(sum_rounding_steps(1024), 3 + 8, "log2(1024) + 1");
     }
 }

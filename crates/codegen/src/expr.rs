@@ -6,6 +6,11 @@
 //! hash-consed: building the same operation on the same operands twice returns the same node,
 //! and an operation whose operands are all constants is folded to a constant at once (in f32,
 //! as the kernel would compute it).
+//!
+//! Reductions along the last dim ([`sum`], [`max`], [`mean`]) give each row one value, which
+//! behaves like a [`Bcast::Col`] input in the rest of the expression (`exp(x - max(x))`). An
+//! expression that contains a reduction and reads no [`Bcast::Full`] or [`Bcast::Row`] input
+//! outside one is *per-row* ([`Expr::per_row`]): its kernel writes one value per row.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -116,6 +121,17 @@ pub enum CmpOp {
     Eq,
 }
 
+/// Reductions along the last dim (over the `cols` elements of a row).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RedOp {
+    /// The sum (0 for an empty row).
+    Sum,
+    /// The largest element (NaN if any is NaN; -inf for an empty row).
+    Max,
+    /// The sum divided by `cols` (NaN for an empty row).
+    Mean,
+}
+
 /// The index of a node in its [`Graph`].
 pub type NodeId = usize;
 
@@ -145,6 +161,8 @@ pub enum Node {
     Select(NodeId, NodeId, NodeId),
     /// Round to a type and back.
     Cast(Dtype, NodeId),
+    /// `op` over the row of `a`: one value per row.
+    Reduce(RedOp, NodeId),
 }
 
 #[derive(Default)]
@@ -302,6 +320,45 @@ impl Graph {
         }
     }
 
+    /// Per node: whether its value varies along a row (it reads a [`Bcast::Full`] or
+    /// [`Bcast::Row`] input outside a reduction), and whether it contains a reduction.
+    pub fn row_structure(&self) -> (Vec<bool>, Vec<bool>) {
+        let nodes = self.nodes();
+        let (mut varies, mut reduces) = (vec![false; nodes.len()], vec![false; nodes.len()]);
+        // Operands come before their users (ids grow as nodes are created).
+        for (id, node) in nodes.iter().enumerate() {
+            let (v, r) = match node {
+                Node::Input { bcast, .. } => (matches!(bcast, Bcast::Full | Bcast::Row), false),
+                Node::Const(_) => (false, false),
+                Node::Reduce(..) => (false, true),
+                Node::Unary(_, a) | Node::Cast(_, a) => (varies[*a], reduces[*a]),
+                Node::Binary(_, a, b) | Node::Cmp(_, a, b) => {
+                    (varies[*a] || varies[*b], reduces[*a] || reduces[*b])
+                }
+                Node::Select(c, a, b) => (
+                    varies[*c] || varies[*a] || varies[*b],
+                    reduces[*c] || reduces[*a] || reduces[*b],
+                ),
+            };
+            varies[id] = v;
+            reduces[id] = r;
+        }
+        (varies, reduces)
+    }
+
+    fn reduce(&self, op: RedOp, a: NodeId) -> Expr {
+        // The max or mean of a value that is already one per row (and keeps its kernel per-row:
+        // it contains a reduction) is that value. Reductions of constants and of reduction-free
+        // per-row values stay, so the expression stays per-row (and `sum` depends on `cols`).
+        if matches!(op, RedOp::Max | RedOp::Mean) {
+            let (varies, reduces) = self.row_structure();
+            if !varies[a] && reduces[a] {
+                return self.expr(a);
+            }
+        }
+        self.expr(self.intern(Node::Reduce(op, a)))
+    }
+
     fn unary(&self, op: UnOp, a: NodeId) -> Expr {
         if let Some(x) = self.constant_of(a) {
             return self.constant(f64::from(apply_unary(op, x)));
@@ -457,6 +514,7 @@ impl Expr {
                     go(*b, nodes, memo)
                 ),
                 Node::Cast(t, a) => format!("Cast{t:?}({})", go(*a, nodes, memo)),
+                Node::Reduce(op, a) => format!("Row{op:?}({})", go(*a, nodes, memo)),
             };
             memo.insert(id, s.clone());
             s
@@ -476,7 +534,9 @@ impl Expr {
             seen[id] = true;
             match &nodes[id] {
                 Node::Input { .. } | Node::Const(_) => {}
-                Node::Unary(_, a) | Node::Cast(_, a) => visit(*a, nodes, seen, order),
+                Node::Unary(_, a) | Node::Cast(_, a) | Node::Reduce(_, a) => {
+                    visit(*a, nodes, seen, order)
+                }
                 Node::Binary(_, a, b) | Node::Cmp(_, a, b) => {
                     visit(*a, nodes, seen, order);
                     visit(*b, nodes, seen, order);
@@ -492,6 +552,36 @@ impl Expr {
         visit(self.id, &nodes, &mut seen, &mut order);
         order
     }
+}
+
+impl Expr {
+    /// `op` along the last dim: one value per row.
+    pub fn reduce(&self, op: RedOp) -> Expr {
+        self.graph.reduce(op, self.id)
+    }
+
+    /// Whether this expression is one value per row: it contains a reduction and reads no
+    /// [`Bcast::Full`] or [`Bcast::Row`] input outside one (`rsqrt(mean(x * x) + 1e-5)`). Its
+    /// kernel writes `rows` values; any other expression writes `rows * cols`.
+    pub fn per_row(&self) -> bool {
+        let (varies, reduces) = self.graph.row_structure();
+        !varies[self.id] && reduces[self.id]
+    }
+}
+
+/// The sum of each row of `x` (one value per row, usable like a [`Bcast::Col`] input).
+pub fn sum(x: &Expr) -> Expr {
+    x.reduce(RedOp::Sum)
+}
+
+/// The largest element of each row of `x` (NaN if any is NaN).
+pub fn max(x: &Expr) -> Expr {
+    x.reduce(RedOp::Max)
+}
+
+/// The mean of each row of `x`: its [`sum`] divided by `cols`.
+pub fn mean(x: &Expr) -> Expr {
+    x.reduce(RedOp::Mean)
 }
 
 /// Megatron's tanh-approximated GeLU of `x`.
@@ -581,5 +671,31 @@ mod tests {
         assert_eq!(y.canonical(), y.canonical());
         assert!(y.canonical().contains("Gelu"));
         assert_eq!(*y.reachable().last().expect("root"), y.id());
+    }
+
+    #[test]
+    fn reductions_are_per_row_values() {
+        let g = Graph::new();
+        let x = g.input("x", Dtype::F32, Bcast::Full);
+        let s = g.input("s", Dtype::F32, Bcast::Col);
+        let m = max(&x);
+        assert_eq!(m.id(), max(&x).id(), "hash-consed");
+        assert_ne!(m.id(), sum(&x).id());
+        let e = (&x - &m).exp();
+        let softmax = &e / &sum(&e);
+        assert!(!softmax.per_row(), "uses x outside the reductions");
+        assert!(m.per_row() && (sum(&e) * 2.0 + &s).per_row());
+        assert!(!s.per_row() && !x.per_row(), "no reduction: elementwise");
+        // max and mean of a per-row value are that value; sum is not (it depends on cols).
+        assert_eq!(max(&m).id(), m.id());
+        assert_eq!(mean(&(&m * 2.0)).id(), (&m * 2.0).id());
+        assert_ne!(sum(&m).id(), m.id());
+        assert_ne!(max(&s).id(), s.id(), "reduction-free: stays a reduction");
+        assert!(max(&s).per_row());
+        assert_eq!(softmax.canonical().matches("RowSum(").count(), 1);
+        assert!(softmax.canonical().contains("RowMax(x:F32:Full)"));
+        let order = softmax.reachable();
+        let pos = |id| order.iter().position(|&o| o == id).expect("reachable");
+        assert!(pos(m.id()) < pos(e.id()) && pos(e.id()) < pos(softmax.id()));
     }
 }

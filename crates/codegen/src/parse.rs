@@ -3,9 +3,11 @@
 //! Grammar: `expr := term (('+' | '-') term)*`, `term := unary (('*' | '/') unary)*`,
 //! `unary := '-' unary | atom`, `atom := number | name | name '(' expr (',' expr)* ')' |
 //! '(' expr ')'`. Names are the declared inputs; functions: `exp log tanh erf sqrt rsqrt abs
-//! gelu gelu_grad max min bf16` (`bf16(a)` rounds to bf16).
+//! gelu gelu_grad max min bf16 sum mean` (`bf16(a)` rounds to bf16). Reductions along the last
+//! dim: `sum(a)`, `mean(a)` and `max(a)` with one argument (`max(a, b)` with two is the
+//! elementwise maximum), e.g. softmax `exp(x - max(x)) / sum(exp(x - max(x)))`.
 
-use crate::expr::{gelu, gelu_grad, Bcast, Dtype, Expr, Graph};
+use crate::expr::{gelu, gelu_grad, Bcast, Dtype, Expr, Graph, RedOp};
 
 /// A parse error with the byte offset it was found at.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,8 +163,19 @@ impl P<'_> {
                 "gelu" => gelu(one(args, self)?),
                 "gelu_grad" => gelu_grad(one(args, self)?),
                 "bf16" => one(args, self)?.cast(Dtype::Bf16),
+                "sum" => one(args, self)?.reduce(RedOp::Sum),
+                "mean" => one(args, self)?.reduce(RedOp::Mean),
+                "max" if args.len() == 1 => one(args, self)?.reduce(RedOp::Max),
                 "max" => {
-                    let (a, b) = two(args, self)?;
+                    let (a, b) = match two(args, self) {
+                        Ok(ab) => ab,
+                        Err(e) => {
+                            return Err(ParseError {
+                                message: "max takes 1 argument (the row maximum) or 2".into(),
+                                ..e
+                            })
+                        }
+                    };
                     a.max(&b)
                 }
                 "min" => {
@@ -234,9 +247,41 @@ mod tests {
             "{} vs {want}",
             v.values[0]
         );
-        for bad in ["gelu(x", "y + 1", "foo(x)", "max(x)", "1 +", "x )", "1.2.3"] {
+        for bad in [
+            "gelu(x",
+            "y + 1",
+            "foo(x)",
+            "max(x, x, x)",
+            "sum(x, b)",
+            "min(x)",
+            "1 +",
+            "x )",
+            "1.2.3",
+        ] {
             let err = parse(bad, &ins).expect_err(bad);
             assert!(!err.message.is_empty(), "{bad}");
         }
+    }
+
+    #[test]
+    fn parses_reductions() {
+        let ins = [
+            ("x", Dtype::F32, Bcast::Full),
+            ("g", Dtype::F32, Bcast::Row),
+        ];
+        let e = parse("exp(x - max(x)) / sum(exp(x - max(x))) + max(x, g)", &ins).expect("parse");
+        let c = e.canonical();
+        assert!(
+            c.contains("RowMax(x:F32:Full)") && c.contains("RowSum("),
+            "{c}"
+        );
+        assert!(
+            c.contains("Max(x:F32:Full, g:F32:Row)"),
+            "binary max stays: {c}"
+        );
+        let m = parse("mean(x * g)", &ins).expect("parse");
+        assert!(m.per_row());
+        let v = evaluate(&m, 2, 2, &[&[1.0, 2.0, 3.0, 4.0], &[1.0, 0.5]]).expect("eval");
+        assert_eq!(v.values, vec![1.0, 2.5]);
     }
 }

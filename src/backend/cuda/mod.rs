@@ -111,6 +111,33 @@ impl CudaDevice {
             .map_err(|e| driver_error(&format!("cuModuleGetFunction({function})"), e))
     }
 
+    /// The kernel `function` of PTX text generated at run time (e.g. by NVRTC), loaded into this
+    /// context under `key` once (the driver JIT-compiles the PTX for the GPU on the first load).
+    /// Keys share the namespace of the embedded images: use a prefix no image has (`fused/`).
+    pub fn function_from_ptx(&self, key: &str, ptx: &str, function: &str) -> Result<CudaFunction> {
+        let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let m = match mods.get(key) {
+            Some(m) => m.clone(),
+            None => {
+                if ptx.contains('\0') {
+                    // cudarc would panic making a C string of it.
+                    return Err(Error::Cuda {
+                        call: format!("cuModuleLoadData({key})"),
+                        message: "the PTX text contains a NUL byte".to_string(),
+                    });
+                }
+                let m = self
+                    .ctx
+                    .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+                    .map_err(|e| driver_error(&format!("cuModuleLoadData({key})"), e))?;
+                mods.insert(key.to_string(), m.clone());
+                m
+            }
+        };
+        m.load_function(function)
+            .map_err(|e| driver_error(&format!("cuModuleGetFunction({function})"), e))
+    }
+
     /// Allocates `bytes` on the home stream and fills them with `fill` (a byte value),
     /// synchronously.
     pub fn alloc(&self, bytes: usize, fill: u8) -> Result<CudaMem> {

@@ -111,6 +111,27 @@ impl EmuDevice {
         Ok(loaded)
     }
 
+    /// Parses PTX text generated at run time (e.g. by NVRTC) and loads it on this device under
+    /// `key` (once: a key already loaded is left as it is), so that [`EmuDevice::launch`] with
+    /// `module = key` runs its functions. Keys share the namespace of the embedded images: use
+    /// a prefix no image has (e.g. `fused/`).
+    pub fn load_ptx(&self, key: &str, ptx: &str) -> Result<()> {
+        let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if mods.contains_key(key) {
+            return Ok(());
+        }
+        let emu = |e| Error::Emu {
+            kernel: key.to_string(),
+            error: e,
+        };
+        let loaded = Module::parse(ptx)
+            .map_err(emu)?
+            .load(memory(), self.ordinal)
+            .map_err(emu)?;
+        mods.insert(key.to_string(), loaded);
+        Ok(())
+    }
+
     /// Runs `function` of image `module` with the parameter bytes `params` on a 1-D grid
     /// (synchronously: call it from a stream task). See [`EmuDevice::launch_with`].
     pub fn launch(
