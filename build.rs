@@ -12,13 +12,23 @@
 //! every header under `kernels/`, the flags, nvcc) are unchanged since its last successful
 //! compilation (`OUT_DIR/<family>_<name>.stamp`) is not compiled again.
 //!
+//! Generated sources (issue #10): before compiling, the code generator (`crates/codegen`, its
+//! `variants` list) writes `OUT_DIR/generated/`:
+//! - `ft_epilogues.cuh`: the GEMM epilogue functors and `ft_gemm_entries.cuh`: the GEMM entry
+//!   points, both included by `kernels/gemm/gemm.cu` (the directory is on nvcc's include path);
+//! - `fused.cu`: the shipped fused elementwise kernels, compiled like a kernel source into the
+//!   image `generated/fused` (listed in `GENERATED_IMAGES`, apart from the `kernels/` images).
+//!
+//! A source's stamp covers the generated headers it names and a generated source's own text, so
+//! a changed variant recompiles what uses it (and only that).
+//!
 //! nvcc is looked for, in order: `$FERROTRON_NVCC` (authoritative when set), the cache that
 //! `scripts/install-cuda-toolchain.sh` fills (`$FERROTRON_CUDA_CACHE`, else
 //! `${XDG_CACHE_HOME:-$HOME/.cache}/ferrotron/cuda-13.0`), then `nvcc` on `PATH`.
 //! Without nvcc the crate still builds, with no kernel images and one warning; with
 //! `FERROTRON_REQUIRE_KERNELS=1` a missing nvcc or a kernel that fails to compile fails the build.
 //!
-//! Only std: build-dependencies would slow every build down.
+//! Dependencies: std and the code generator (CUDA C emission only, no emulator).
 
 use std::env;
 use std::fmt::Write as _;
@@ -63,6 +73,8 @@ struct Source {
     stem: String,
     /// Absolute path of the `.cu` file.
     path: PathBuf,
+    /// Written by the code generator into `OUT_DIR/generated/` (not a file under `kernels/`).
+    generated: bool,
 }
 
 /// What one nvcc invocation produced.
@@ -78,6 +90,7 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let kernels_dir = manifest_dir.join("kernels");
     let include_dir = kernels_dir.join("include");
+    let gen_dir = out_dir.join("generated");
 
     println!("cargo:rerun-if-changed=build.rs");
     for var in ENV_VARS {
@@ -91,6 +104,17 @@ fn main() {
     sources.sort_by(|a, b| a.name.cmp(&b.name));
 
     let require = env_flag("FERROTRON_REQUIRE_KERNELS");
+    let generated_headers = match generate(&gen_dir, &mut sources) {
+        Ok(h) => h,
+        Err(why) => {
+            let msg = format!("the code generator failed: {why}");
+            if require {
+                panic!("FERROTRON_REQUIRE_KERNELS is set and {msg}");
+            }
+            println!("cargo:warning={msg}");
+            Vec::new()
+        }
+    };
     let images_rs = out_dir.join("kernel_images.rs");
 
     let nvcc = match find_nvcc() {
@@ -131,7 +155,7 @@ fn main() {
     // its last successful compilation is not compiled again.
     let keys: Vec<String> = sources
         .iter()
-        .map(|src| input_key(src, &headers, &nvcc, &version))
+        .map(|src| input_key(src, &headers, &generated_headers, &nvcc, &version))
         .collect();
     let cached: Vec<bool> = sources
         .iter()
@@ -145,7 +169,7 @@ fn main() {
         .filter(|&i| !cached[i])
         .flat_map(|i| [(i, true), (i, false)])
         .collect();
-    let results = run_jobs(&nvcc, &include_dir, &out_dir, &sources, jobs);
+    let results = run_jobs(&nvcc, &[&include_dir, &gen_dir], &out_dir, &sources, jobs);
     let total = started.elapsed();
 
     let mut summary = String::new();
@@ -260,7 +284,12 @@ fn watch_and_collect(
                 .collect::<Vec<_>>()
                 .join("/");
             let stem = name.replace('/', "_");
-            sources.push(Source { name, stem, path });
+            sources.push(Source {
+                name,
+                stem,
+                path,
+                generated: false,
+            });
         } else {
             headers.push(path);
         }
@@ -367,7 +396,7 @@ fn nvcc_version(nvcc: &Path) -> Result<String, String> {
 /// Runs the (source, is_fatbin) jobs on a small pool of threads, each driving one nvcc.
 fn run_jobs(
     nvcc: &Path,
-    include_dir: &Path,
+    include_dirs: &[&Path],
     out_dir: &Path,
     sources: &[Source],
     jobs: Vec<(usize, bool)>,
@@ -388,7 +417,7 @@ fn run_jobs(
                 let Some((i, fatbin)) = queue.lock().unwrap().pop() else {
                     break;
                 };
-                let r = run_nvcc(nvcc, include_dir, out_dir, &sources[i], fatbin);
+                let r = run_nvcc(nvcc, include_dirs, out_dir, &sources[i], fatbin);
                 results.lock().unwrap().insert((i, fatbin), r);
             });
         }
@@ -403,7 +432,7 @@ fn run_jobs(
 /// One nvcc invocation: the fatbin or the PTX of one source.
 fn run_nvcc(
     nvcc: &Path,
-    include_dir: &Path,
+    include_dirs: &[&Path],
     out_dir: &Path,
     src: &Source,
     fatbin: bool,
@@ -416,12 +445,11 @@ fn run_nvcc(
     let _ = fs::remove_file(&output);
     let mut cmd = Command::new(nvcc);
     cmd.args(if fatbin { FATBIN_FLAGS } else { PTX_FLAGS })
-        .args(COMMON_FLAGS)
-        .arg("-I")
-        .arg(include_dir)
-        .arg(&src.path)
-        .arg("-o")
-        .arg(&output);
+        .args(COMMON_FLAGS);
+    for dir in include_dirs {
+        cmd.arg("-I").arg(dir);
+    }
+    cmd.arg(&src.path).arg("-o").arg(&output);
     let command = format!("{cmd:?}").replace('"', "");
     let started = Instant::now();
     let (ok, stderr) = match cmd.output() {
@@ -460,7 +488,8 @@ fn write_images_rs(path: &Path, version: Option<&str>, built: &[&Source], comple
     );
     let _ = writeln!(
         s,
-        "/// Whether nvcc was found and every `.cu` under `kernels/` compiled.\n\
+        "/// Whether nvcc was found and every `.cu` under `kernels/` and every generated source\n\
+         /// compiled.\n\
          const ALL_KERNELS_BUILT: bool = {};\n",
         version.is_some() && complete
     );
@@ -473,20 +502,60 @@ fn write_images_rs(path: &Path, version: Option<&str>, built: &[&Source], comple
             stem = src.stem
         );
     }
-    s.push_str("/// Every kernel image in this build, sorted by name.\n");
-    s.push_str("pub static KERNEL_IMAGES: &[KernelImage] = &[\n");
-    for src in built {
-        let _ = writeln!(
-            s,
-            "    KernelImage {{\n        name: {name:?},\n        fatbin: &{ident}.bytes,\n        \
-             ptx: include_str!(concat!(env!(\"OUT_DIR\"), \"/{stem}.ptx\")),\n    }},",
-            name = src.name,
-            ident = fatbin_ident(&src.stem),
-            stem = src.stem
-        );
+    let lists = [
+        (
+            "/// Every kernel image of a `kernels/**/*.cu` source in this build, sorted by name.\n\
+             pub static KERNEL_IMAGES: &[KernelImage] = &[\n",
+            false,
+        ),
+        (
+            "/// Every image of a generated source (`OUT_DIR/generated/*.cu`) in this build.\n\
+             pub static GENERATED_IMAGES: &[KernelImage] = &[\n",
+            true,
+        ),
+    ];
+    for (head, generated) in lists {
+        s.push_str(head);
+        for src in built.iter().filter(|s| s.generated == generated) {
+            let _ = writeln!(
+                s,
+                "    KernelImage {{\n        name: {name:?},\n        fatbin: &{ident}.bytes,\n        \
+                 ptx: include_str!(concat!(env!(\"OUT_DIR\"), \"/{stem}.ptx\")),\n    }},",
+                name = src.name,
+                ident = fatbin_ident(&src.stem),
+                stem = src.stem
+            );
+        }
+        s.push_str("];\n");
     }
-    s.push_str("];\n");
     fs::write(path, s).expect("write kernel_images.rs");
+}
+
+/// Writes the generated sources into `gen_dir` (a file only when its content changed), adds the
+/// generated kernel sources to `sources` and returns the generated headers.
+fn generate(gen_dir: &Path, sources: &mut Vec<Source>) -> Result<Vec<PathBuf>, String> {
+    use codegen::variants;
+    fs::create_dir_all(gen_dir).map_err(|e| format!("{}: {e}", gen_dir.display()))?;
+    let write = |name: &str, text: &str| -> Result<PathBuf, String> {
+        let path = gen_dir.join(name);
+        if fs::read_to_string(&path).ok().as_deref() != Some(text) {
+            fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(path)
+    };
+    let epilogues = variants::epilogues_header().map_err(|e| e.to_string())?;
+    let headers = vec![
+        write("ft_epilogues.cuh", &epilogues)?,
+        write("ft_gemm_entries.cuh", &variants::gemm_entries())?,
+    ];
+    let fused = write("fused.cu", &variants::fused_source())?;
+    sources.push(Source {
+        name: "generated/fused".into(),
+        stem: "generated_fused".into(),
+        path: fused,
+        generated: true,
+    });
+    Ok(headers)
 }
 
 /// `elementwise_bias_gelu` -> `ELEMENTWISE_BIAS_GELU_FATBIN`.
@@ -509,15 +578,33 @@ fn fatbin_ident(stem: &str) -> String {
 }
 
 /// A hash of everything a compilation depends on: the source, every header under `kernels/` (any
-/// source may include any of them), the flags and the compiler.
-fn input_key(src: &Source, headers: &[PathBuf], nvcc: &Path, version: &str) -> String {
+/// source may include any of them), the generated headers the source names, the flags and the
+/// compiler.
+fn input_key(
+    src: &Source,
+    headers: &[PathBuf],
+    generated_headers: &[PathBuf],
+    nvcc: &Path,
+    version: &str,
+) -> String {
     let mut h = Fnv1a::default();
     for flag in FATBIN_FLAGS.iter().chain(PTX_FLAGS).chain(COMMON_FLAGS) {
         h.write(flag.as_bytes());
     }
     h.write(nvcc.as_os_str().as_encoded_bytes());
     h.write(version.as_bytes());
-    for path in std::iter::once(&src.path).chain(headers) {
+    let text = fs::read(&src.path).unwrap_or_default();
+    let names = |p: &PathBuf| {
+        p.file_name().is_some_and(|f| {
+            let f = f.as_encoded_bytes();
+            text.windows(f.len()).any(|w| w == f)
+        })
+    };
+    let used_generated = generated_headers.iter().filter(|p| names(p));
+    for path in std::iter::once(&src.path)
+        .chain(headers)
+        .chain(used_generated)
+    {
         h.write(path.as_os_str().as_encoded_bytes());
         h.write(&fs::read(path).unwrap_or_default());
     }

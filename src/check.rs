@@ -5,6 +5,12 @@
 //! rounded values), runs the op on a stream of the device, reads the outputs back and compares
 //! them with [`crate::verify::compare`]. A case the backend does not implement is listed in the
 //! report's notes, never counted as a pass.
+//!
+//! On an emu device it also runs every shipped fused elementwise kernel of the code generator
+//! (`codegen::variants::fused`, the embedded image `generated/fused`): the PTX that ships, on
+//! ptx-emu, against the generator's f64 evaluator within `codegen::run::tolerance` per element,
+//! outputs poisoned, at an odd and a larger aligned shape ([`FUSED_SHAPES`]). Their rows are
+//! named `fused <variant>`.
 
 use crate::device::Device;
 use crate::dtype::DType;
@@ -304,6 +310,16 @@ fn cases() -> Vec<Case> {
             shapes: &[&[1], &[129], &[64, 64]],
             run: adamw_case,
         },
+        // The residual add into an f32 c (beta 1) fused into the forward GEMM: a generated
+        // instantiation (last, so the earlier cases keep their seeds).
+        Case {
+            op: "gemm_nt_accum",
+            dtypes: &[DType::F32],
+            shapes: GEMM_EPI_SHAPES,
+            run: |s, d, sh, seed| {
+                gemm_epi_case(s, d, sh, seed, Transpose::N, Transpose::T, EpiCase::Accum)
+            },
+        },
     ]
 }
 
@@ -368,6 +384,11 @@ pub fn run(devices: &[Device], seed: u64) -> CheckReport {
                 }
             }
         }
+        if dev.kind() == crate::BackendKind::Emu {
+            report
+                .rows
+                .extend(fused_rows(dev.label(), seed.wrapping_add(0xf05e)));
+        }
         if !unsupported.is_empty() {
             report.notes.push(format!(
                 "{}: not implemented on this backend yet (not counted): {}",
@@ -377,6 +398,121 @@ pub fn run(devices: &[Device], seed: u64) -> CheckReport {
         }
     }
     report
+}
+
+/// Shapes `(rows, cols)` of the fused-variant checks: odd (broadcasts that do not line up with
+/// the launch, a partial last block) and larger and aligned (several grid-stride steps).
+pub const FUSED_SHAPES: &[(usize, usize)] = &[(7, 33), (64, 256)];
+
+/// The image holding the shipped fused kernels.
+const FUSED_IMAGE: &str = "generated/fused";
+
+fn dtype_of(d: codegen::expr::Dtype) -> DType {
+    match d {
+        codegen::expr::Dtype::F32 => DType::F32,
+        codegen::expr::Dtype::Bf16 => DType::BF16,
+    }
+}
+
+/// One row per shipped fused variant (`codegen::variants::fused`) and shape of
+/// [`FUSED_SHAPES`]: the embedded PTX of the image `generated/fused` on a fresh ptx-emu memory
+/// against `codegen::eval` (see the module docs), labelled with `backend`. [`run`] adds these
+/// rows for every emu device. Without the image (built without nvcc) every row is an error row.
+pub fn fused_rows(backend: &str, seed: u64) -> Vec<CheckRow> {
+    let loaded = crate::kernels::image(FUSED_IMAGE)
+        .map_err(|e| e.to_string())
+        .and_then(|img| ptx_emu::Module::parse(img.ptx).map_err(|e| e.to_string()))
+        .and_then(|m| {
+            let mem = ptx_emu::Memory::new();
+            let loaded = m.load(&mem, 0).map_err(|e| e.to_string())?;
+            Ok((mem, loaded))
+        });
+    let mut rows = Vec::new();
+    for (vi, v) in codegen::variants::fused().iter().enumerate() {
+        for (si, &(r, c)) in FUSED_SHAPES.iter().enumerate() {
+            let case_seed = seed
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add((vi * 64 + si) as u64);
+            let result = match &loaded {
+                Ok((mem, module)) => fused_case(mem, module, v, r, c, case_seed),
+                Err(e) => Err(e.clone()),
+            };
+            let (tol, result) = match result {
+                Ok((tol, cmp)) => (tol, Ok(cmp)),
+                Err(e) => (Tolerance::for_dtype(dtype_of(v.out)), Err(e)),
+            };
+            rows.push(CheckRow {
+                op: format!("fused {}", v.name),
+                dtype: dtype_of(v.out),
+                shape: format!("{r}x{c}"),
+                backend: backend.to_string(),
+                tol,
+                result,
+            });
+        }
+    }
+    rows
+}
+
+/// Runs fused variant `v` at `rows x cols` on random inputs; returns the table's tolerance (the
+/// loosest per-element one) and the comparison, failed when any element is outside its own
+/// `codegen::run::tolerance` (or not finite).
+fn fused_case(
+    mem: &ptx_emu::Memory,
+    module: &ptx_emu::LoadedModule,
+    v: &codegen::variants::FusedVariant,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> std::result::Result<(Tolerance, Comparison), String> {
+    use codegen::expr::Bcast;
+    let expr = v.expr();
+    let kernel = codegen::emit::elementwise(&expr, v.out);
+    let data: Vec<Vec<f64>> = kernel
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, dtype, bcast))| {
+            let n = match bcast {
+                Bcast::Full => rows * cols,
+                Bcast::Row => cols,
+                Bcast::Col => rows,
+                Bcast::Scalar => 1,
+            };
+            random_vec(seed.wrapping_add(i as u64), n, -3.0, 3.0)
+                .into_iter()
+                .map(|x| f64::from(dtype.round(x as f32)))
+                .collect()
+        })
+        .collect();
+    let views: Vec<&[f64]> = data.iter().map(Vec::as_slice).collect();
+    let want = codegen::eval::evaluate(&expr, rows, cols, &views).map_err(|e| e.to_string())?;
+    let got = codegen::run::run_on_emu(module, mem, &kernel, rows, cols, &views)
+        .map_err(|e| format!("{} ({}): {e}", v.name, kernel.name))?;
+    let rounds_bf16 = kernel.canonical.contains("CastBf16");
+    let tol_of = |i: usize| {
+        codegen::run::tolerance(
+            v.out,
+            rounds_bf16,
+            want.depth,
+            want.scale[i],
+            want.values[i],
+        )
+    };
+    // The table's tolerance: the relative part of `tolerance` and its largest absolute part.
+    let rel = codegen::run::tolerance(v.out, rounds_bf16, want.depth, 0.0, 1.0);
+    let abs = (0..got.len())
+        .map(|i| codegen::run::tolerance(v.out, rounds_bf16, want.depth, want.scale[i], 0.0))
+        .fold(0.0, f64::max);
+    let tol = Tolerance::new(rel, abs);
+    let mut cmp = compare(&got, &want.values, tol);
+    let strict = got
+        .iter()
+        .zip(&want.values)
+        .enumerate()
+        .all(|(i, (g, w))| g.is_finite() && (g - w).abs() <= tol_of(i));
+    cmp.pass &= strict;
+    Ok((tol, cmp))
 }
 
 /// Rounds f64 values to `dtype` and back, as the device will see them.

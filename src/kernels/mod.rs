@@ -7,6 +7,10 @@
 //! - [`KernelImage::ptx`]: sm_80 PTX text, for the PTX emulator (and `Ptx::from_src`), so the
 //!   code the tests interpret is the code that ships.
 //!
+//! The code generator's shipped fused elementwise kernels (`codegen::variants::fused`), which
+//! build.rs writes to `OUT_DIR/generated/fused.cu`, become the image `"generated/fused"`, listed
+//! by [`generated_images`] (not [`images`], which mirrors `kernels/`); [`image`] finds both.
+//!
 //! Kernels take one parameter struct by value; those structs are defined once, in
 //! `kernels/include/ferrotron_params.h`, and reach Rust through bindgen as [`abi`].
 //!
@@ -65,8 +69,8 @@ struct AlignedBytes<B: ?Sized> {
 #[repr(align(16))]
 struct Align16;
 
-// build.rs writes `NVCC_VERSION`, `ALL_KERNELS_BUILT` and `KERNEL_IMAGES` (and one aligned static
-// per fatbin).
+// build.rs writes `NVCC_VERSION`, `ALL_KERNELS_BUILT`, `KERNEL_IMAGES` and `GENERATED_IMAGES`
+// (and one aligned static per fatbin).
 include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
 
 /// Every kernel image embedded in this build, sorted by name (empty when built without nvcc).
@@ -74,7 +78,14 @@ pub fn images() -> &'static [KernelImage] {
     KERNEL_IMAGES
 }
 
-/// The image compiled from `kernels/<name>.cu`, e.g. `image("elementwise/bias_gelu")`.
+/// Every image of a generated source embedded in this build (`"generated/fused"`; empty when
+/// built without nvcc).
+pub fn generated_images() -> &'static [KernelImage] {
+    GENERATED_IMAGES
+}
+
+/// The image compiled from `kernels/<name>.cu`, e.g. `image("elementwise/bias_gelu")`, or from
+/// a generated source (`image("generated/fused")`).
 ///
 /// # Errors
 /// [`Error::KernelImageMissing`] when no image has that name: the crate was built without nvcc,
@@ -82,13 +93,15 @@ pub fn images() -> &'static [KernelImage] {
 pub fn image(name: &str) -> Result<&'static KernelImage> {
     images()
         .iter()
+        .chain(generated_images())
         .find(|img| img.name == name)
         .ok_or_else(|| Error::KernelImageMissing {
             name: name.to_string(),
         })
 }
 
-/// Whether build.rs found nvcc and every `.cu` file under `kernels/` compiled into an image.
+/// Whether build.rs found nvcc and every `.cu` file under `kernels/` (and every generated source)
+/// compiled into an image.
 pub fn kernels_built() -> bool {
     ALL_KERNELS_BUILT
 }
@@ -174,7 +187,7 @@ mod tests {
 
     #[test]
     fn images_are_consistent() {
-        for img in images() {
+        for img in images().iter().chain(generated_images()) {
             assert!(!img.fatbin.is_empty(), "{}", img.name);
             assert_eq!(img.fatbin.as_ptr() as usize % 16, 0, "{}", img.name);
             assert!(!img.entries().is_empty(), "{}", img.name);
@@ -182,6 +195,12 @@ mod tests {
         }
         if kernels_built() {
             assert!(NVCC_VERSION.is_some());
+            // Every shipped fused variant is an entry of the generated image.
+            let fused = image("generated/fused").expect("generated image");
+            for v in codegen::variants::fused() {
+                let k = v.kernel();
+                assert!(fused.entries().contains(&k.name.as_str()), "{}", v.name);
+            }
         }
     }
 }

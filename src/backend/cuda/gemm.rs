@@ -55,16 +55,18 @@ impl KernelEpilogue {
     }
 }
 
-/// Whether `gemm.cu` instantiates `layout` x `epilogue` x output dtype.
+/// Whether `gemm.cu` instantiates `layout` x `epilogue` x output dtype: whether the code
+/// generator's list of shipped GEMM kernels (`codegen::variants::GEMM_INSTANCES`, from which
+/// build.rs generates gemm.cu's entry points) has it.
 pub(crate) fn instantiated(layout: Layout, epi: KernelEpilogue, out: DType) -> bool {
-    use KernelEpilogue as E;
-    let out_ok = matches!(out, DType::BF16 | DType::F32);
-    out_ok
-        && match layout {
-            Layout::Nt => matches!(epi, E::None | E::Bias | E::BiasGelu),
-            Layout::Nn => matches!(epi, E::None | E::DGelu),
-            Layout::Tn => epi == E::None || (epi == E::Accum && out == DType::F32),
-        }
+    let out = match out {
+        DType::BF16 => codegen::expr::Dtype::Bf16,
+        DType::F32 => codegen::expr::Dtype::F32,
+        _ => return false,
+    };
+    codegen::variants::GEMM_INSTANCES
+        .iter()
+        .any(|i| i.layout == layout.name() && i.epilogue == epi.name() && i.out == out)
 }
 
 /// One of the three tile variants of every kernel.

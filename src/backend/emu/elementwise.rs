@@ -1,9 +1,12 @@
-//! Launches of the elementwise kernels (`kernels/elementwise/`) on the emulator, with the same
-//! parameter structs and launch shapes as the CUDA backend.
+//! Launches of the elementwise kernels (`kernels/elementwise/`) and of the code generator's
+//! shipped fused kernels on the emulator, with the same parameters and launch shapes as the CUDA
+//! backend.
 
-use crate::backend::cuda::elementwise::{grid_for, suffix, BLOCK, MODULE};
+use crate::backend::cuda::elementwise::{
+    fused_kernel, fused_ptrs, grid_for, suffix, BLOCK, FUSED_MODULE, MODULE,
+};
 use crate::error::Result;
-use crate::kernels::abi::{FtBiasGeluBwdParams, FtBiasGeluDbiasParams, FtBiasGeluFwdParams};
+use crate::kernels::abi::{FtBiasGeluDbiasParams, FtBiasGeluFwdParams};
 use crate::stream::Stream;
 use crate::tensor::Tensor;
 use std::ffi::c_void;
@@ -23,10 +26,13 @@ fn ptr(t: &Tensor) -> *mut c_void {
     t.buffer().emu().addr() as usize as *mut c_void
 }
 
+/// One launch: image, entry point, parameter bytes, grid and block (1-D).
+type EmuLaunch = (&'static str, String, Vec<u8>, u32, u32);
+
 fn enqueue(
     stream: &Stream,
     op: &'static str,
-    launches: Vec<(String, Vec<u8>, u32)>,
+    launches: Vec<EmuLaunch>,
     keep: Vec<Arc<crate::tensor::Buffer>>,
 ) {
     let dev = stream
@@ -36,8 +42,8 @@ fn enqueue(
         .clone();
     stream.push_host(op, move || {
         let _keep = keep;
-        for (function, params, grid) in &launches {
-            dev.launch(MODULE, function, params, *grid, BLOCK)?;
+        for (module, function, params, grid, block) in &launches {
+            dev.launch(module, function, params, *grid, *block)?;
         }
         Ok(())
     });
@@ -61,9 +67,11 @@ pub(crate) fn bias_gelu_fwd(
         cols: cols as u64,
     };
     let launches = vec![(
+        MODULE,
         format!("ft_bias_gelu_fwd_{sfx}"),
         param_bytes(&p),
         grid_for(rows * cols).grid_dim.0,
+        BLOCK,
     )];
     let keep = [x, bias, y].iter().map(|t| t.buffer().clone()).collect();
     enqueue(stream, "bias_gelu_fwd", launches, keep);
@@ -99,24 +107,29 @@ pub(crate) fn bias_gelu_bwd(
             cols: cols as u64,
         };
         launches.push((
+            MODULE,
             format!("ft_bias_gelu_dbias_{sfx}"),
             param_bytes(&c),
             grid_for(cols).grid_dim.0,
+            BLOCK,
         ));
         keep.push(db.buffer().clone());
     }
-    let p = FtBiasGeluBwdParams {
-        dy: ptr(dy),
-        x: ptr(x),
-        bias: ptr(bias),
-        dx: ptr(dx),
-        rows: rows as u64,
-        cols: cols as u64,
-    };
+    // dx: the generated fused kernel `dy * gelu'(x + bias[c])`, as on the GPU.
+    let k = fused_kernel(&format!("bias_gelu_bwd_{sfx}"))?;
+    let addr = |t: &Tensor| t.buffer().emu().addr();
+    let ptrs = fused_ptrs(
+        "bias_gelu_bwd",
+        k,
+        &[("dy", addr(dy)), ("x", addr(x)), ("bias", addr(bias))],
+    )?;
+    let (grid, block, _) = k.launch(rows, cols);
     launches.push((
-        format!("ft_bias_gelu_bwd_{sfx}"),
-        param_bytes(&p),
-        grid_for(rows * cols).grid_dim.0,
+        FUSED_MODULE,
+        k.name.clone(),
+        k.params(&ptrs, addr(dx), rows as u64, cols as u64, &[]),
+        grid,
+        block,
     ));
     enqueue(stream, "bias_gelu_bwd", launches, keep);
     Ok(())
