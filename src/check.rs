@@ -253,7 +253,15 @@ fn cases() -> Vec<Case> {
         Case {
             op: "bias_gelu_bwd",
             dtypes: FLOATS,
-            shapes: &[&[1, 1], &[7, 129], &[64, 64], &[3, 5, 66]],
+            // 130 and 200 rows: several 64-row dbias chunks, the last one short.
+            shapes: &[
+                &[1, 1],
+                &[7, 129],
+                &[64, 64],
+                &[3, 5, 66],
+                &[130, 33],
+                &[200, 64],
+            ],
             run: bias_gelu_bwd_case,
         },
         Case {

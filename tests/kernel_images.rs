@@ -14,10 +14,10 @@ const FATBIN_MAGIC: [u8; 4] = [0x50, 0xed, 0x55, 0xba];
 const BIAS_GELU_ENTRIES: [&str; 6] = [
     "ft_bias_gelu_fwd_f32",
     "ft_bias_gelu_fwd_bf16",
-    "ft_bias_gelu_bwd_f32",
-    "ft_bias_gelu_bwd_bf16",
-    "ft_bias_gelu_dbias_f32",
-    "ft_bias_gelu_dbias_bf16",
+    "ft_bias_gelu_bwd_dbias_f32",
+    "ft_bias_gelu_bwd_dbias_bf16",
+    "ft_bias_gelu_dbias_reduce_f32",
+    "ft_bias_gelu_dbias_reduce_bf16",
 ];
 
 fn require_kernels() -> bool {

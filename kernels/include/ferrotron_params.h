@@ -49,12 +49,20 @@ typedef struct FtBiasGeluFwdParams {
 } FtBiasGeluFwdParams;
 
 /**
- * Parameters of `ft_bias_gelu_bwd_{f32,bf16}`: `dx[r, c] = dy[r, c] * gelu'(x[r, c] + bias[c])`.
+ * Parameters of the fused bias + GeLU backward with dbias, `ft_bias_gelu_bwd_dbias_{f32,bf16}`
+ * then `ft_bias_gelu_dbias_reduce_{f32,bf16}` (same struct, same stream, in that order):
+ * `dx[r, c] = dy[r, c] * gelu'(x[r, c] + bias[c])` and `dbias[c]` = the sum over rows of the
+ * same f32 products, in ONE pass over dy and x.
  *
- * `x` and `bias` are the forward inputs; dbias comes from `FtBiasGeluDbiasParams`'s kernel.
- * `dx == dy` (in place) is allowed.
+ * The rows are cut into `chunks` chunks of `chunk_rows` rows (the last may be shorter). The first
+ * kernel writes dx and `partial[k, c]`, the f32 sum of chunk k's products in row order; the
+ * second adds `partial[0, c], ..., partial[chunks - 1, c]` in order and rounds once into
+ * `dbias[c]`. The products are summed BEFORE any rounding to the element type. The summation
+ * order depends only on `rows` and `chunk_rows` (the host derives `chunk_rows` from the shape),
+ * so results are bitwise the same run after run. `dx == dy` (in place) is allowed: each thread
+ * reads an element before writing it. `dbias` and `partial` may not overlap anything else.
  */
-typedef struct FtBiasGeluBwdParams {
+typedef struct FtBiasGeluBwdDbiasParams {
     /** Gradient of the output, `[rows, cols]` row-major. */
     const void* dy;
     /** The forward input, `[rows, cols]` row-major. */
@@ -63,35 +71,19 @@ typedef struct FtBiasGeluBwdParams {
     const void* bias;
     /** Gradient of the input (of `x + bias`), `[rows, cols]` row-major. */
     void* dx;
-    /** Number of rows. */
-    uint64_t rows;
-    /** Number of columns; the bias length. */
-    uint64_t cols;
-} FtBiasGeluBwdParams;
-
-/**
- * Parameters of `ft_bias_gelu_dbias_{f32,bf16}`:
- * `dbias[c] = dy[0, c] * gelu'(x[0, c] + bias[c]) + ... + dy[rows - 1, c] * gelu'(...)`.
- *
- * The products are the f32 values `ft_bias_gelu_bwd` computes for dx, summed BEFORE any rounding
- * to the element type (summing a bf16 dx would add one bf16 rounding error per row), rows in
- * order with an f32 accumulator, rounded once: bitwise the same run after run. `dbias` may not
- * overlap the inputs. Launch it before the dx kernel when `dx == dy`.
- */
-typedef struct FtBiasGeluDbiasParams {
-    /** Gradient of the output, `[rows, cols]` row-major. */
-    const void* dy;
-    /** The forward input, `[rows, cols]` row-major. */
-    const void* x;
-    /** The forward bias, `[cols]`. */
-    const void* bias;
     /** Gradient of the bias, `[cols]`. */
     void* dbias;
+    /** f32 scratch `[chunks, cols]`: the per-chunk column sums. */
+    void* partial;
     /** Number of rows. */
     uint64_t rows;
     /** Number of columns; the bias length. */
     uint64_t cols;
-} FtBiasGeluDbiasParams;
+    /** Rows per chunk (>= 1). */
+    uint64_t chunk_rows;
+    /** `ceil(rows / chunk_rows)` (0 when rows == 0). */
+    uint64_t chunks;
+} FtBiasGeluBwdDbiasParams;
 
 /**
  * Parameters of every `ft_gemm_<layout>_<epilogue>_<out>[_small|_unaligned]` kernel

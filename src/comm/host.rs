@@ -105,6 +105,7 @@ pub(crate) fn enqueue(
     Ok(Work::new(stream.record_event()?, stream.clone(), status))
 }
 
+#[cfg(feature = "mpi")]
 pub(crate) fn offsets(counts: &[usize]) -> Vec<usize> {
     let mut o = Vec::with_capacity(counts.len());
     let mut acc = 0;

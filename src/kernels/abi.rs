@@ -59,13 +59,21 @@ impl Default for FtBiasGeluFwdParams {
         }
     }
 }
-/** Parameters of `ft_bias_gelu_bwd_{f32,bf16}`: `dx[r, c] = dy[r, c] * gelu'(x[r, c] + bias[c])`.
+/** Parameters of the fused bias + GeLU backward with dbias, `ft_bias_gelu_bwd_dbias_{f32,bf16}`
+ then `ft_bias_gelu_dbias_reduce_{f32,bf16}` (same struct, same stream, in that order):
+ `dx[r, c] = dy[r, c] * gelu'(x[r, c] + bias[c])` and `dbias[c]` = the sum over rows of the
+ same f32 products, in ONE pass over dy and x.
 
- `x` and `bias` are the forward inputs; dbias comes from `FtBiasGeluDbiasParams`'s kernel.
- `dx == dy` (in place) is allowed.*/
+ The rows are cut into `chunks` chunks of `chunk_rows` rows (the last may be shorter). The first
+ kernel writes dx and `partial[k, c]`, the f32 sum of chunk k's products in row order; the
+ second adds `partial[0, c], ..., partial[chunks - 1, c]` in order and rounds once into
+ `dbias[c]`. The products are summed BEFORE any rounding to the element type. The summation
+ order depends only on `rows` and `chunk_rows` (the host derives `chunk_rows` from the shape),
+ so results are bitwise the same run after run. `dx == dy` (in place) is allowed: each thread
+ reads an element before writing it. `dbias` and `partial` may not overlap anything else.*/
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
-pub struct FtBiasGeluBwdParams {
+pub struct FtBiasGeluBwdDbiasParams {
     /// Gradient of the output, `[rows, cols]` row-major.
     pub dy: *const ::std::os::raw::c_void,
     /// The forward input, `[rows, cols]` row-major.
@@ -74,98 +82,59 @@ pub struct FtBiasGeluBwdParams {
     pub bias: *const ::std::os::raw::c_void,
     /// Gradient of the input (of `x + bias`), `[rows, cols]` row-major.
     pub dx: *mut ::std::os::raw::c_void,
-    /// Number of rows.
-    pub rows: u64,
-    /// Number of columns; the bias length.
-    pub cols: u64,
-}
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    [
-        "Size of FtBiasGeluBwdParams",
-    ][::std::mem::size_of::<FtBiasGeluBwdParams>() - 48usize];
-    [
-        "Alignment of FtBiasGeluBwdParams",
-    ][::std::mem::align_of::<FtBiasGeluBwdParams>() - 8usize];
-    [
-        "Offset of field: FtBiasGeluBwdParams::dy",
-    ][::std::mem::offset_of!(FtBiasGeluBwdParams, dy) - 0usize];
-    [
-        "Offset of field: FtBiasGeluBwdParams::x",
-    ][::std::mem::offset_of!(FtBiasGeluBwdParams, x) - 8usize];
-    [
-        "Offset of field: FtBiasGeluBwdParams::bias",
-    ][::std::mem::offset_of!(FtBiasGeluBwdParams, bias) - 16usize];
-    [
-        "Offset of field: FtBiasGeluBwdParams::dx",
-    ][::std::mem::offset_of!(FtBiasGeluBwdParams, dx) - 24usize];
-    [
-        "Offset of field: FtBiasGeluBwdParams::rows",
-    ][::std::mem::offset_of!(FtBiasGeluBwdParams, rows) - 32usize];
-    [
-        "Offset of field: FtBiasGeluBwdParams::cols",
-    ][::std::mem::offset_of!(FtBiasGeluBwdParams, cols) - 40usize];
-};
-impl Default for FtBiasGeluBwdParams {
-    fn default() -> Self {
-        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
-        unsafe {
-            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
-            s.assume_init()
-        }
-    }
-}
-/** Parameters of `ft_bias_gelu_dbias_{f32,bf16}`:
- `dbias[c] = dy[0, c] * gelu'(x[0, c] + bias[c]) + ... + dy[rows - 1, c] * gelu'(...)`.
-
- The products are the f32 values `ft_bias_gelu_bwd` computes for dx, summed BEFORE any rounding
- to the element type (summing a bf16 dx would add one bf16 rounding error per row), rows in
- order with an f32 accumulator, rounded once: bitwise the same run after run. `dbias` may not
- overlap the inputs. Launch it before the dx kernel when `dx == dy`.*/
-#[repr(C)]
-#[derive(Debug, Copy, Clone)]
-pub struct FtBiasGeluDbiasParams {
-    /// Gradient of the output, `[rows, cols]` row-major.
-    pub dy: *const ::std::os::raw::c_void,
-    /// The forward input, `[rows, cols]` row-major.
-    pub x: *const ::std::os::raw::c_void,
-    /// The forward bias, `[cols]`.
-    pub bias: *const ::std::os::raw::c_void,
     /// Gradient of the bias, `[cols]`.
     pub dbias: *mut ::std::os::raw::c_void,
+    /// f32 scratch `[chunks, cols]`: the per-chunk column sums.
+    pub partial: *mut ::std::os::raw::c_void,
     /// Number of rows.
     pub rows: u64,
     /// Number of columns; the bias length.
     pub cols: u64,
+    /// Rows per chunk (>= 1).
+    pub chunk_rows: u64,
+    /// `ceil(rows / chunk_rows)` (0 when rows == 0).
+    pub chunks: u64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     [
-        "Size of FtBiasGeluDbiasParams",
-    ][::std::mem::size_of::<FtBiasGeluDbiasParams>() - 48usize];
+        "Size of FtBiasGeluBwdDbiasParams",
+    ][::std::mem::size_of::<FtBiasGeluBwdDbiasParams>() - 80usize];
     [
-        "Alignment of FtBiasGeluDbiasParams",
-    ][::std::mem::align_of::<FtBiasGeluDbiasParams>() - 8usize];
+        "Alignment of FtBiasGeluBwdDbiasParams",
+    ][::std::mem::align_of::<FtBiasGeluBwdDbiasParams>() - 8usize];
     [
-        "Offset of field: FtBiasGeluDbiasParams::dy",
-    ][::std::mem::offset_of!(FtBiasGeluDbiasParams, dy) - 0usize];
+        "Offset of field: FtBiasGeluBwdDbiasParams::dy",
+    ][::std::mem::offset_of!(FtBiasGeluBwdDbiasParams, dy) - 0usize];
     [
-        "Offset of field: FtBiasGeluDbiasParams::x",
-    ][::std::mem::offset_of!(FtBiasGeluDbiasParams, x) - 8usize];
+        "Offset of field: FtBiasGeluBwdDbiasParams::x",
+    ][::std::mem::offset_of!(FtBiasGeluBwdDbiasParams, x) - 8usize];
     [
-        "Offset of field: FtBiasGeluDbiasParams::bias",
-    ][::std::mem::offset_of!(FtBiasGeluDbiasParams, bias) - 16usize];
+        "Offset of field: FtBiasGeluBwdDbiasParams::bias",
+    ][::std::mem::offset_of!(FtBiasGeluBwdDbiasParams, bias) - 16usize];
     [
-        "Offset of field: FtBiasGeluDbiasParams::dbias",
-    ][::std::mem::offset_of!(FtBiasGeluDbiasParams, dbias) - 24usize];
+        "Offset of field: FtBiasGeluBwdDbiasParams::dx",
+    ][::std::mem::offset_of!(FtBiasGeluBwdDbiasParams, dx) - 24usize];
     [
-        "Offset of field: FtBiasGeluDbiasParams::rows",
-    ][::std::mem::offset_of!(FtBiasGeluDbiasParams, rows) - 32usize];
+        "Offset of field: FtBiasGeluBwdDbiasParams::dbias",
+    ][::std::mem::offset_of!(FtBiasGeluBwdDbiasParams, dbias) - 32usize];
     [
-        "Offset of field: FtBiasGeluDbiasParams::cols",
-    ][::std::mem::offset_of!(FtBiasGeluDbiasParams, cols) - 40usize];
+        "Offset of field: FtBiasGeluBwdDbiasParams::partial",
+    ][::std::mem::offset_of!(FtBiasGeluBwdDbiasParams, partial) - 40usize];
+    [
+        "Offset of field: FtBiasGeluBwdDbiasParams::rows",
+    ][::std::mem::offset_of!(FtBiasGeluBwdDbiasParams, rows) - 48usize];
+    [
+        "Offset of field: FtBiasGeluBwdDbiasParams::cols",
+    ][::std::mem::offset_of!(FtBiasGeluBwdDbiasParams, cols) - 56usize];
+    [
+        "Offset of field: FtBiasGeluBwdDbiasParams::chunk_rows",
+    ][::std::mem::offset_of!(FtBiasGeluBwdDbiasParams, chunk_rows) - 64usize];
+    [
+        "Offset of field: FtBiasGeluBwdDbiasParams::chunks",
+    ][::std::mem::offset_of!(FtBiasGeluBwdDbiasParams, chunks) - 72usize];
 };
-impl Default for FtBiasGeluDbiasParams {
+impl Default for FtBiasGeluBwdDbiasParams {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
         unsafe {

@@ -134,9 +134,7 @@ pub fn ptx_entries(ptx: &str) -> Vec<&str> {
 // bytes into the launch's parameter buffer; no Rust invariant lives in them.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasGeluFwdParams {}
 // SAFETY: as above.
-unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasGeluBwdParams {}
-// SAFETY: as above.
-unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasGeluDbiasParams {}
+unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasGeluBwdDbiasParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtGemmParams {}
 // SAFETY: as above.

@@ -169,7 +169,7 @@ pub fn layernorm_bwd(
         rows,
         cols,
         3,
-        dev::layernorm_rows_per_block(),
+        dev::layernorm_bwd_rows_per_block(),
     );
     // Fused path: the dx kernel also leaves per-block partial dgamma / dbeta (f32, in a scratch
     // tensor) that the dparams kernel adds up in block order; rows wider than one block's

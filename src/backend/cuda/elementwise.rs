@@ -5,7 +5,7 @@
 use super::driver_error;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernels::abi::{FtBiasGeluDbiasParams, FtBiasGeluFwdParams};
+use crate::kernels::abi::FtBiasGeluFwdParams;
 use crate::stream::Stream;
 use crate::tensor::Tensor;
 use codegen::emit::Kernel;
@@ -145,8 +145,8 @@ pub(crate) fn bias_gelu_fwd(
     )
 }
 
-/// `dbias = column sums of dy * gelu'(x + bias)` (f32, before rounding), then
-/// `dx = dy * gelu'(x + bias)`, on the same stream.
+/// `dx = dy * gelu'(x + bias)` on the GPU: the generated `bias_gelu_bwd_<dtype>` variant (with
+/// dbias, the op runs the fused one-pass kernels of `kernels/elementwise/bias_gelu.cu`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn bias_gelu_bwd(
     stream: &Stream,
@@ -155,29 +155,10 @@ pub(crate) fn bias_gelu_bwd(
     x: &Tensor,
     bias: &Tensor,
     dx: &Tensor,
-    dbias: Option<&mut Tensor>,
     rows: usize,
     cols: usize,
 ) -> Result<()> {
     let sfx = suffix("bias_gelu_bwd", x.dtype())?;
-    // dbias first: it reads dy, which the dx kernel may overwrite when dx == dy.
-    if let Some(db) = dbias {
-        let c = FtBiasGeluDbiasParams {
-            dy: ptr(s, dy),
-            x: ptr(s, x),
-            bias: ptr(s, bias),
-            dbias: ptr(s, db),
-            rows: rows as u64,
-            cols: cols as u64,
-        };
-        launch(
-            stream,
-            s,
-            &format!("ft_bias_gelu_dbias_{sfx}"),
-            &c,
-            grid_for(cols),
-        )?;
-    }
     // dx: the generated fused kernel `dy * gelu'(x + bias[c])`.
     let k = fused_kernel(&format!("bias_gelu_bwd_{sfx}"))?;
     let addr = |t: &Tensor| t.buffer().cuda().ptr(s);

@@ -98,9 +98,16 @@ pub(crate) fn bias_add_items(rows: usize, cols: usize, pairs: bool) -> usize {
     rows.div_ceil(BIAS_ROWS) * c
 }
 
-/// Rows per block of the layernorm forward and backward launches.
+/// Rows per block of the layernorm forward launch.
 pub(crate) fn layernorm_rows_per_block() -> usize {
     LAYERNORM_ROWS_PER_BLOCK
+}
+
+/// Rows per block of the fused layernorm backward: each block writes and the dparams kernel
+/// reads back an f32 partial dgamma and dbeta row, `16 / (64 * 3 * size)` of the ideal traffic
+/// (4.2% in bf16, 2.1% in f32; at 32 rows it was 8.3%).
+pub(crate) fn layernorm_bwd_rows_per_block() -> usize {
+    2 * LAYERNORM_ROWS_PER_BLOCK
 }
 
 /// The bytes of a kernel parameter struct, as the kernel's `.param` space holds them.

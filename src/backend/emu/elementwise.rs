@@ -6,7 +6,7 @@ use crate::backend::cuda::elementwise::{
     fused_kernel, fused_ptrs, grid_for, suffix, BLOCK, FUSED_MODULE, MODULE,
 };
 use crate::error::Result;
-use crate::kernels::abi::{FtBiasGeluDbiasParams, FtBiasGeluFwdParams};
+use crate::kernels::abi::FtBiasGeluFwdParams;
 use crate::stream::Stream;
 use crate::tensor::Tensor;
 use std::ffi::c_void;
@@ -78,7 +78,8 @@ pub(crate) fn bias_gelu_fwd(
     Ok(())
 }
 
-/// dbias (f32 column sums of `dy * gelu'(x + bias)`), then `dx`, on the emulator.
+/// `dx = dy * gelu'(x + bias)` on the emulator, as on the GPU (with dbias, the op runs the fused
+/// one-pass kernels).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn bias_gelu_bwd(
     stream: &Stream,
@@ -86,35 +87,15 @@ pub(crate) fn bias_gelu_bwd(
     x: &Tensor,
     bias: &Tensor,
     dx: &Tensor,
-    dbias: Option<&Tensor>,
     rows: usize,
     cols: usize,
 ) -> Result<()> {
     let sfx = suffix("bias_gelu_bwd", x.dtype())?;
     let mut launches = Vec::new();
-    let mut keep: Vec<_> = [dy, x, bias, dx]
+    let keep: Vec<_> = [dy, x, bias, dx]
         .iter()
         .map(|t| t.buffer().clone())
         .collect();
-    // dbias first, as on the GPU (it reads dy, which dx may alias).
-    if let Some(db) = dbias {
-        let c = FtBiasGeluDbiasParams {
-            dy: ptr(dy),
-            x: ptr(x),
-            bias: ptr(bias),
-            dbias: ptr(db),
-            rows: rows as u64,
-            cols: cols as u64,
-        };
-        launches.push((
-            MODULE,
-            format!("ft_bias_gelu_dbias_{sfx}"),
-            param_bytes(&c),
-            grid_for(cols).grid_dim.0,
-            BLOCK,
-        ));
-        keep.push(db.buffer().clone());
-    }
     // dx: the generated fused kernel `dy * gelu'(x + bias[c])`, as on the GPU.
     let k = fused_kernel(&format!("bias_gelu_bwd_{sfx}"))?;
     let addr = |t: &Tensor| t.buffer().emu().addr();
