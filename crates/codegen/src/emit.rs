@@ -164,23 +164,25 @@ pub const PRELUDE: &str = r#"#include <cuda_bf16.h>
 
 #ifndef FT_CODEGEN_PRELUDE
 #define FT_CODEGEN_PRELUDE
+// Not `static`: nvcc warns (#177) about unused static functions, and not every kernel uses every
+// helper. Whole-program compilation keeps them private to the module all the same.
 // Megatron's GeLU (tanh approximation) and its derivative, as in kernels/include/ft_gelu.cuh.
-static __device__ __forceinline__ float ft_cg_gelu_t(float z) {
+__device__ __forceinline__ float ft_cg_gelu_t(float z) {
     return tanhf(0.7978845608028654f * (z + 0.044715f * z * z * z));
 }
-static __device__ __forceinline__ float ft_cg_gelu(float z) {
+__device__ __forceinline__ float ft_cg_gelu(float z) {
     return 0.5f * z * (1.0f + ft_cg_gelu_t(z));
 }
-static __device__ __forceinline__ float ft_cg_gelu_grad(float z) {
+__device__ __forceinline__ float ft_cg_gelu_grad(float z) {
     const float t = ft_cg_gelu_t(z);
     return 0.5f * z * ((1.0f - t * t) * (0.7978845608028654f + (float)(3.0 * 0.044715 * 0.7978845608028654) * z * z))
         + 0.5f * (1.0f + t);
 }
 // max/min that propagate NaN (fmaxf/fminf drop it).
-static __device__ __forceinline__ float ft_cg_max(float a, float b) {
+__device__ __forceinline__ float ft_cg_max(float a, float b) {
     return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b);
 }
-static __device__ __forceinline__ float ft_cg_min(float a, float b) {
+__device__ __forceinline__ float ft_cg_min(float a, float b) {
     return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b);
 }
 #endif
@@ -194,34 +196,34 @@ pub const VECTOR_PRELUDE: &str = r#"
 // Vector accesses: `p` must be aligned to the access (16 bytes for f32x4 and bf16x8, 8 for
 // bf16x4). A bf16 widens to f32 exactly (its bits are the high half of the f32's); stores round
 // to nearest even, as __float2bfloat16_rn does.
-static __device__ __forceinline__ void ft_cg_ld_f32x4(const float* p, float* v) {
+__device__ __forceinline__ void ft_cg_ld_f32x4(const float* p, float* v) {
     const float4 t = *reinterpret_cast<const float4*>(p);
     v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
 }
-static __device__ __forceinline__ void ft_cg_st_f32x4(float* p, const float* v) {
+__device__ __forceinline__ void ft_cg_st_f32x4(float* p, const float* v) {
     *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
 }
-static __device__ __forceinline__ void ft_cg_unpack_bf16x2(unsigned int u, float* v) {
+__device__ __forceinline__ void ft_cg_unpack_bf16x2(unsigned int u, float* v) {
     v[0] = __uint_as_float(u << 16);
     v[1] = __uint_as_float(u & 0xffff0000u);
 }
-static __device__ __forceinline__ unsigned int ft_cg_pack_bf16x2(const float* v) {
+__device__ __forceinline__ unsigned int ft_cg_pack_bf16x2(const float* v) {
     const __nv_bfloat162 h = __floats2bfloat162_rn(v[0], v[1]);
     return *reinterpret_cast<const unsigned int*>(&h);
 }
-static __device__ __forceinline__ void ft_cg_ld_bf16x4(const __nv_bfloat16* p, float* v) {
+__device__ __forceinline__ void ft_cg_ld_bf16x4(const __nv_bfloat16* p, float* v) {
     const uint2 t = *reinterpret_cast<const uint2*>(p);
     ft_cg_unpack_bf16x2(t.x, v); ft_cg_unpack_bf16x2(t.y, v + 2);
 }
-static __device__ __forceinline__ void ft_cg_st_bf16x4(__nv_bfloat16* p, const float* v) {
+__device__ __forceinline__ void ft_cg_st_bf16x4(__nv_bfloat16* p, const float* v) {
     *reinterpret_cast<uint2*>(p) = make_uint2(ft_cg_pack_bf16x2(v), ft_cg_pack_bf16x2(v + 2));
 }
-static __device__ __forceinline__ void ft_cg_ld_bf16x8(const __nv_bfloat16* p, float* v) {
+__device__ __forceinline__ void ft_cg_ld_bf16x8(const __nv_bfloat16* p, float* v) {
     const uint4 t = *reinterpret_cast<const uint4*>(p);
     ft_cg_unpack_bf16x2(t.x, v); ft_cg_unpack_bf16x2(t.y, v + 2);
     ft_cg_unpack_bf16x2(t.z, v + 4); ft_cg_unpack_bf16x2(t.w, v + 6);
 }
-static __device__ __forceinline__ void ft_cg_st_bf16x8(__nv_bfloat16* p, const float* v) {
+__device__ __forceinline__ void ft_cg_st_bf16x8(__nv_bfloat16* p, const float* v) {
     *reinterpret_cast<uint4*>(p) = make_uint4(ft_cg_pack_bf16x2(v), ft_cg_pack_bf16x2(v + 2),
                                               ft_cg_pack_bf16x2(v + 4), ft_cg_pack_bf16x2(v + 6));
 }
@@ -237,17 +239,17 @@ pub const REDUCE_PRELUDE: &str = r#"
 // order, so the result is the same on every run and every thread gets it: a shuffle tree in
 // each warp (lane i takes lane i + 16, 8, 4, 2, 1), then warp 0 the same over the per-warp
 // results, kept in shared memory `red` (33 floats: one per warp, then the result). No atomics.
-static __device__ __forceinline__ float ft_cg_warp_sum(float v) {
+__device__ __forceinline__ float ft_cg_warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
     return v;
 }
-static __device__ __forceinline__ float ft_cg_warp_max(float v) {
+__device__ __forceinline__ float ft_cg_warp_max(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = ft_cg_max(v, __shfl_down_sync(0xffffffffu, v, o));
     return v;
 }
-static __device__ __forceinline__ float ft_cg_block_sum(float v, float* red) {
+__device__ __forceinline__ float ft_cg_block_sum(float v, float* red) {
     v = ft_cg_warp_sum(v);
     if ((threadIdx.x & 31u) == 0) red[threadIdx.x >> 5] = v;
     __syncthreads();
@@ -260,7 +262,7 @@ static __device__ __forceinline__ float ft_cg_block_sum(float v, float* red) {
     __syncthreads(); // `red` is free for the next reduction
     return v;
 }
-static __device__ __forceinline__ float ft_cg_block_max(float v, float* red) {
+__device__ __forceinline__ float ft_cg_block_max(float v, float* red) {
     v = ft_cg_warp_max(v);
     if ((threadIdx.x & 31u) == 0) red[threadIdx.x >> 5] = v;
     __syncthreads();
