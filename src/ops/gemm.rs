@@ -150,8 +150,9 @@ fn device_unsupported(op: &'static str, stream: &Stream, why: &str) -> Error {
 /// - CUDA and the emulator (the sm_80 kernels of `kernels/gemm/gemm.cu`): bf16 `a`/`b`, bf16 or
 ///   f32 `c`, any finite `alpha`; layouts (`ta`, `tb`) = (N, T) with `None`/`Bias`/`BiasGelu`,
 ///   (N, N) with `None`/`DGelu`, (T, N) with `None`, plus `beta == 1` with an f32 `c` and
-///   `None` on (T, N) (weight-gradient accumulation, `c += alpha op(a) op(b)`); otherwise
-///   `beta == 0`.
+///   `None` on (T, N) (weight-gradient accumulation, `c += alpha op(a) op(b)`) and on (N, T)
+///   (a residual added in place, `c += alpha a b^T`); otherwise `beta == 0`. The instantiated
+///   set is `codegen::variants::GEMM_INSTANCES`.
 ///
 /// # Errors
 /// Shape, rank, dtype, device and aliasing problems are typed errors naming the operand
