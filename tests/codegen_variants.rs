@@ -7,19 +7,11 @@
 //! Without kernels (built without nvcc) the tests print why they skipped; with
 //! `FERROTRON_REQUIRE_KERNELS=1` that is a failure.
 
-use codegen::variants::{fused, GEMM_INSTANCES};
-use ferrotron::{check, kernels};
+mod common;
 
-fn kernels_or_skip(test: &str) -> bool {
-    if kernels::kernels_built() {
-        return true;
-    }
-    if std::env::var("FERROTRON_REQUIRE_KERNELS").as_deref() == Ok("1") {
-        panic!("{test}: FERROTRON_REQUIRE_KERNELS=1 but the kernels were not built");
-    }
-    eprintln!("SKIP {test}: the kernels were not built (no nvcc at build time)");
-    false
-}
+use codegen::variants::{fused, GEMM_INSTANCES};
+use common::kernels_or_skip;
+use ferrotron::{check, kernels};
 
 #[test]
 fn gemm_entries_are_the_generated_instances() {

@@ -11,25 +11,14 @@
 
 mod common;
 
-use common::watchdog;
+use common::{kernels_or_skip, watchdog};
 use ferrotron::ops::{self, AdamW};
 use ferrotron::reference::adamw::adamw_step_ref;
 use ferrotron::reference::cross_entropy::{cross_entropy_bwd_ref, cross_entropy_fwd_ref};
 use ferrotron::reference::layernorm::{layernorm_bwd_ref, layernorm_fwd_ref};
 use ferrotron::reference::softmax::{softmax_bwd_ref, softmax_fwd_ref};
 use ferrotron::verify::{compare, random_indices, random_vec, Tolerance};
-use ferrotron::{kernels, DType, Device, Error, Stream, Tensor};
-
-fn kernels_or_skip(test: &str) -> bool {
-    if kernels::kernels_built() {
-        return true;
-    }
-    if std::env::var("FERROTRON_REQUIRE_KERNELS").as_deref() == Ok("1") {
-        panic!("{test}: FERROTRON_REQUIRE_KERNELS=1 but the kernels were not built");
-    }
-    eprintln!("SKIP {test}: the kernels were not built (no nvcc at build time)");
-    false
-}
+use ferrotron::{DType, Device, Error, Stream, Tensor};
 
 /// `(rows, cols)` shapes: single element, odd / unaligned, a row wider than a block, many rows.
 const SHAPES: &[(usize, usize)] = &[(1, 1), (7, 129), (3, 2), (64, 1000), (130, 33)];

@@ -7,19 +7,8 @@
 
 mod common;
 
-use common::watchdog;
+use common::{kernels_or_skip, watchdog};
 use ferrotron::{check, kernels, ops, DType, Device, Error, Tensor};
-
-fn kernels_or_skip(test: &str) -> bool {
-    if kernels::kernels_built() {
-        return true;
-    }
-    if std::env::var("FERROTRON_REQUIRE_KERNELS").as_deref() == Ok("1") {
-        panic!("{test}: FERROTRON_REQUIRE_KERNELS=1 but the kernels were not built");
-    }
-    eprintln!("SKIP {test}: the kernels were not built (no nvcc at build time)");
-    false
-}
 
 /// The CI gate: every embedded image parses and decodes on the emulator, i.e. every opcode form
 /// nvcc emitted for `kernels/` is implemented. Prints the forms per image.

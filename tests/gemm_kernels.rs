@@ -11,24 +11,13 @@
 
 mod common;
 
-use common::watchdog;
+use common::{kernels_or_skip, watchdog};
 use ferrotron::backend::emu::EmuOptions;
 use ferrotron::ops::{self, Epilogue, Gemm, Transpose};
 use ferrotron::reference::gemm::{gemm_epilogue_ref, RefEpilogue};
 use ferrotron::verify::{compare, random_vec, Tolerance};
-use ferrotron::{kernels, DType, Device, Error, Stream, Tensor};
+use ferrotron::{DType, Device, Error, Stream, Tensor};
 use std::time::Instant;
-
-fn kernels_or_skip(test: &str) -> bool {
-    if kernels::kernels_built() {
-        return true;
-    }
-    if std::env::var("FERROTRON_REQUIRE_KERNELS").as_deref() == Ok("1") {
-        panic!("{test}: FERROTRON_REQUIRE_KERNELS=1 but the kernels were not built");
-    }
-    eprintln!("SKIP {test}: the kernels were not built (no nvcc at build time)");
-    false
-}
 
 /// The epilogues under test (`BiasGeluPre` also writes and checks the pre-activation).
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -8,22 +8,11 @@
 
 mod common;
 
-use common::watchdog;
+use common::{kernels_or_skip, watchdog};
 use ferrotron::comm::peer::{self, PeerConfig};
 use ferrotron::comm::{launch_with, CommConfig, Communicator, ReduceOp};
-use ferrotron::{kernels, BackendKind, DType, Device, Error, Tensor};
+use ferrotron::{BackendKind, DType, Device, Error, Tensor};
 use std::time::{Duration, Instant};
-
-fn kernels_or_skip(test: &str) -> bool {
-    if kernels::kernels_built() {
-        return true;
-    }
-    if std::env::var("FERROTRON_REQUIRE_KERNELS").as_deref() == Ok("1") {
-        panic!("{test}: FERROTRON_REQUIRE_KERNELS=1 but the kernels were not built");
-    }
-    eprintln!("SKIP {test}: the kernels were not built (no nvcc at build time)");
-    false
-}
 
 fn short() -> CommConfig {
     CommConfig {

@@ -33,3 +33,16 @@ pub fn watchdog<T: Send + 'static>(
         }
     }
 }
+
+/// Whether the kernels were built (nvcc at build time): false with a printed SKIP line, and a
+/// panic instead when `FERROTRON_REQUIRE_KERNELS=1` (CI), so a kernel test never passes vacuously.
+pub fn kernels_or_skip(test: &str) -> bool {
+    if ferrotron::kernels::kernels_built() {
+        return true;
+    }
+    if std::env::var("FERROTRON_REQUIRE_KERNELS").as_deref() == Ok("1") {
+        panic!("{test}: FERROTRON_REQUIRE_KERNELS=1 but the kernels were not built");
+    }
+    eprintln!("SKIP {test}: the kernels were not built (no nvcc at build time)");
+    false
+}

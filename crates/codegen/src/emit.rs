@@ -309,32 +309,21 @@ fn v(id: NodeId) -> String {
 /// The nodes `targets` need, operands first, not looking into reductions (their values are
 /// per-row variables by then).
 fn needed(targets: &[NodeId], nodes: &[Node]) -> Vec<NodeId> {
-    fn visit(id: NodeId, nodes: &[Node], seen: &mut [bool], order: &mut Vec<NodeId>) {
-        if seen[id] {
-            return;
-        }
-        seen[id] = true;
-        match &nodes[id] {
-            Node::Input { .. } | Node::Const(_) | Node::Reduce(..) => {}
-            Node::Unary(_, a) | Node::Cast(_, a) => visit(*a, nodes, seen, order),
-            Node::Binary(_, a, b) | Node::Cmp(_, a, b) => {
-                visit(*a, nodes, seen, order);
-                visit(*b, nodes, seen, order);
-            }
-            Node::Select(c, a, b) => {
-                visit(*c, nodes, seen, order);
-                visit(*a, nodes, seen, order);
-                visit(*b, nodes, seen, order);
-            }
-        }
-        order.push(id);
+    crate::expr::topo_order(targets, nodes, |n| !matches!(n, Node::Reduce(..)))
+}
+
+/// The right-hand side of node `id`'s `const float vN = ...;` line, with a scalar load (element
+/// `i`, row `r`, column `c`) for an input.
+fn value_c(nodes: &[Node], id: NodeId) -> String {
+    match &nodes[id] {
+        Node::Input {
+            index,
+            dtype,
+            bcast,
+            ..
+        } => load_c(*index, *dtype, *bcast, "i", "r", "c"),
+        other => node_c(other, &v).unwrap_or_default(),
     }
-    let mut seen = vec![false; nodes.len()];
-    let mut order = Vec::new();
-    for &t in targets {
-        visit(t, nodes, &mut seen, &mut order);
-    }
-    order
 }
 
 /// Emits the kernel computing `expr` into an output of type `out` (see the module docs for the
@@ -564,16 +553,7 @@ fn emit_flat(
         let _ = writeln!(s, "        const unsigned long long c = i - r * cols;");
     }
     for &id in order {
-        let rhs = match &nodes[id] {
-            Node::Input {
-                index,
-                dtype,
-                bcast,
-                ..
-            } => load_c(*index, *dtype, *bcast, "i", "r", "c"),
-            other => node_c(other, &v).unwrap_or_default(),
-        };
-        let _ = writeln!(s, "        const float {} = {rhs};", v(id));
+        let _ = writeln!(s, "        const float {} = {};", v(id), value_c(nodes, id));
     }
     let _ = writeln!(s, "        out[i] = {};", store_c(out, &v(expr.id())));
     let _ = writeln!(s, "    }}");
@@ -611,16 +591,7 @@ fn emit_rows(s: &mut String, expr: &Expr, nodes: &[Node], out: Dtype, per_row: b
                 body.push(id);
             } else if !at_row[id] && !matches!(nodes[id], Node::Reduce(..)) {
                 at_row[id] = true;
-                let rhs = match &nodes[id] {
-                    Node::Input {
-                        index,
-                        dtype,
-                        bcast,
-                        ..
-                    } => load_c(*index, *dtype, *bcast, "i", "r", "c"),
-                    other => node_c(other, &v).unwrap_or_default(),
-                };
-                let _ = writeln!(s, "        const float {} = {rhs};", v(id));
+                let _ = writeln!(s, "        const float {} = {};", v(id), value_c(nodes, id));
             }
         }
         body
@@ -644,16 +615,12 @@ fn emit_rows(s: &mut String, expr: &Expr, nodes: &[Node], out: Dtype, per_row: b
             let _ = writeln!(s, "            const unsigned long long i = r * cols + c;");
         }
         for &id in body {
-            let rhs = match &nodes[id] {
-                Node::Input {
-                    index,
-                    dtype,
-                    bcast,
-                    ..
-                } => load_c(*index, *dtype, *bcast, "i", "r", "c"),
-                other => node_c(other, &v).unwrap_or_default(),
-            };
-            let _ = writeln!(s, "            const float {} = {rhs};", v(id));
+            let _ = writeln!(
+                s,
+                "            const float {} = {};",
+                v(id),
+                value_c(nodes, id)
+            );
         }
     };
     let _ = writeln!(

@@ -524,33 +524,7 @@ impl Expr {
 
     /// The nodes this expression needs, operands first (a topological order).
     pub fn reachable(&self) -> Vec<NodeId> {
-        let nodes = self.graph.nodes();
-        let mut seen = vec![false; nodes.len()];
-        let mut order = Vec::new();
-        fn visit(id: NodeId, nodes: &[Node], seen: &mut [bool], order: &mut Vec<NodeId>) {
-            if seen[id] {
-                return;
-            }
-            seen[id] = true;
-            match &nodes[id] {
-                Node::Input { .. } | Node::Const(_) => {}
-                Node::Unary(_, a) | Node::Cast(_, a) | Node::Reduce(_, a) => {
-                    visit(*a, nodes, seen, order)
-                }
-                Node::Binary(_, a, b) | Node::Cmp(_, a, b) => {
-                    visit(*a, nodes, seen, order);
-                    visit(*b, nodes, seen, order);
-                }
-                Node::Select(c, a, b) => {
-                    visit(*c, nodes, seen, order);
-                    visit(*a, nodes, seen, order);
-                    visit(*b, nodes, seen, order);
-                }
-            }
-            order.push(id);
-        }
-        visit(self.id, &nodes, &mut seen, &mut order);
-        order
+        topo_order(&[self.id], &self.graph.nodes(), |_| true)
     }
 }
 
@@ -648,6 +622,52 @@ impl Neg for &Expr {
     fn neg(self) -> Expr {
         self.un(UnOp::Neg)
     }
+}
+
+impl Node {
+    /// The nodes this one reads, in order (none for inputs and constants).
+    pub fn operands(&self) -> impl Iterator<Item = NodeId> {
+        let (ops, n): ([NodeId; 3], usize) = match *self {
+            Node::Input { .. } | Node::Const(_) => ([0; 3], 0),
+            Node::Unary(_, a) | Node::Cast(_, a) | Node::Reduce(_, a) => ([a, 0, 0], 1),
+            Node::Binary(_, a, b) | Node::Cmp(_, a, b) => ([a, b, 0], 2),
+            Node::Select(c, a, b) => ([c, a, b], 3),
+        };
+        ops.into_iter().take(n)
+    }
+}
+
+/// The nodes `targets` need, operands first (a topological order, each node once), looking into
+/// a node's operands only when `descend(node)` says so.
+pub fn topo_order(
+    targets: &[NodeId],
+    nodes: &[Node],
+    descend: impl Fn(&Node) -> bool,
+) -> Vec<NodeId> {
+    fn visit(
+        id: NodeId,
+        nodes: &[Node],
+        descend: &dyn Fn(&Node) -> bool,
+        seen: &mut [bool],
+        order: &mut Vec<NodeId>,
+    ) {
+        if seen[id] {
+            return;
+        }
+        seen[id] = true;
+        if descend(&nodes[id]) {
+            for a in nodes[id].operands() {
+                visit(a, nodes, descend, seen, order);
+            }
+        }
+        order.push(id);
+    }
+    let mut seen = vec![false; nodes.len()];
+    let mut order = Vec::new();
+    for &t in targets {
+        visit(t, nodes, &descend, &mut seen, &mut order);
+    }
+    order
 }
 
 #[cfg(test)]
