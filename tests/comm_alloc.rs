@@ -1,6 +1,7 @@
 //! The thread backend's hot path does not churn the heap: after warm-up, an all-reduce,
-//! all-gather or reduce-scatter costs each rank a small fixed number of allocations, whatever the
-//! world size and the element count (counted by a global allocator over every thread).
+//! all-gather, reduce-scatter, send or receive costs each rank a small fixed number of
+//! allocations, whatever the world size and the element count (counted by a global allocator
+//! over every thread).
 //!
 //! Measured with checked mode off (the release default); checked mode's access records allocate
 //! by design. The allocations left are the stream's task (a boxed closure on the CPU stream's queue) and the
@@ -63,9 +64,14 @@ fn allocs_per_call(world: usize, n: usize, op: &'static str) -> f64 {
         let mut part = Tensor::from_f64(&ctx.device, &vec![1.0; n], [n], DType::F32)?;
         let mut run = |k: usize| -> ferrotron::Result<()> {
             for _ in 0..k {
+                // send_recv: even ranks send to the next odd rank, which receives.
                 let w = match op {
                     "all_reduce" => ctx.comm.all_reduce(&s, &mut buf, ReduceOp::Sum)?,
                     "all_gather" => ctx.comm.all_gather(&s, &part, &mut buf)?,
+                    "send_recv" if ctx.rank % 2 == 0 => {
+                        ctx.comm.send(&s, &part, ctx.rank + 1, 7)?
+                    }
+                    "send_recv" => ctx.comm.recv(&s, &mut part, ctx.rank - 1, 7)?,
                     _ => ctx
                         .comm
                         .reduce_scatter(&s, &buf, &mut part, ReduceOp::Sum)?,
@@ -98,7 +104,7 @@ fn collectives_allocate_a_fixed_handful_per_call() {
     std::env::set_var("FERROTRON_CHECKED", "0");
     watchdog(120, "comm_alloc", || {
         let mut report = Vec::new();
-        for op in ["all_reduce", "all_gather", "reduce_scatter"] {
+        for op in ["all_reduce", "all_gather", "reduce_scatter", "send_recv"] {
             for (world, n) in [(2, 1000), (4, 1000), (4, 100_000), (8, 17)] {
                 let per = allocs_per_call(world, n, op);
                 report.push(format!(

@@ -27,7 +27,32 @@ use std::time::{Duration, Instant};
 const POLL: Duration = Duration::from_millis(20);
 
 /// A blocked point-to-point call: the peer it waits for, what it is, since when.
-type P2pWait = (usize, String, Instant);
+type P2pWait = (usize, P2pCall, Instant);
+
+/// A point-to-point call as named in errors (`send #3 to rank 1 (tag 0) on threads:world`),
+/// formatted only when an error needs it: the hot path does not allocate for it.
+#[derive(Clone, Debug)]
+struct P2pCall {
+    /// `send` or `recv`.
+    op: &'static str,
+    /// The call's number among this (src, dst, tag)'s calls.
+    n: u64,
+    /// The other rank.
+    peer: usize,
+    tag: u32,
+    comm: Arc<str>,
+}
+
+impl std::fmt::Display for P2pCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = if self.op == "send" { "to" } else { "from" };
+        write!(
+            f,
+            "{} #{} {dir} rank {} (tag {}) on {}",
+            self.op, self.n, self.peer, self.tag, self.comm
+        )
+    }
+}
 
 /// State shared by every rank of one `launch`.
 pub(crate) struct World {
@@ -74,18 +99,18 @@ impl World {
         }
         let waits = self.waits.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let edges: Vec<(usize, usize, &String)> = waits
+        let edges: Vec<(usize, usize, &P2pCall)> = waits
             .iter()
             .filter(|(_, (_, _, since))| now.duration_since(*since) >= grace)
             .map(|((r, _), (p, what, _))| (*r, *p, what))
             .collect();
         // Depth-first search from `from` back to itself over old-enough edges.
-        let mut path: Vec<(usize, usize, &String)> = Vec::new();
+        let mut path: Vec<(usize, usize, &P2pCall)> = Vec::new();
         fn dfs<'a>(
             node: usize,
             target: usize,
-            edges: &[(usize, usize, &'a String)],
-            path: &mut Vec<(usize, usize, &'a String)>,
+            edges: &[(usize, usize, &'a P2pCall)],
+            path: &mut Vec<(usize, usize, &'a P2pCall)>,
             seen: &mut Vec<usize>,
         ) -> bool {
             for &(r, p, w) in edges.iter().filter(|e| e.0 == node) {
@@ -213,7 +238,7 @@ struct GroupState {
 
 /// One communicator's shared state.
 pub(crate) struct Group {
-    name: String,
+    name: Arc<str>,
     /// World ranks of the members, indexed by group rank.
     members: Vec<usize>,
     world: Arc<World>,
@@ -225,7 +250,7 @@ pub(crate) struct Group {
 impl Group {
     pub(crate) fn new_world(world: Arc<World>, config: CommConfig) -> Arc<Group> {
         Arc::new(Group {
-            name: "threads:world".to_string(),
+            name: "threads:world".into(),
             members: (0..world.size).collect(),
             world,
             config,
@@ -389,7 +414,7 @@ impl Group {
                 .collect()
         };
         Some(Error::CollectiveMismatch {
-            comm: self.name.clone(),
+            comm: self.name.to_string(),
             seq,
             call_a: first.to_string(),
             ranks_a: ranks_with(first).into(),
@@ -712,8 +737,14 @@ impl Communicator for ThreadComm {
                 },
             );
             g.cv.notify_all();
-            let what_s = format!("send #{} to rank {peer} (tag {tag}) on {}", key.3, g.name);
-            let out = p2p_wait(g, st, sh.rank, sid, peer, &what_s, &|st| {
+            let call = P2pCall {
+                op: "send",
+                n: key.3,
+                peer,
+                tag,
+                comm: g.name.clone(),
+            };
+            let out = p2p_wait(g, st, sh.rank, sid, peer, &call, &|st| {
                 st.p2p
                     .get(&key)
                     .is_none_or(|s| s.state == P2pState::Done || s.error.is_some())
@@ -769,15 +800,21 @@ impl Communicator for ThreadComm {
         host::enqueue(stream, OP, &[], &[("buf", &*buf)], move |_, w| {
             let g = &sh.group;
             let st = g.lock();
-            let what_s = format!("recv #{} from rank {peer} (tag {tag}) on {}", key.3, g.name);
-            let mut st = p2p_wait(g, st, sh.rank, sid, peer, &what_s, &|st| {
+            let call = P2pCall {
+                op: "recv",
+                n: key.3,
+                peer,
+                tag,
+                comm: g.name.clone(),
+            };
+            let mut st = p2p_wait(g, st, sh.rank, sid, peer, &call, &|st| {
                 st.p2p.contains_key(&key)
             })?;
             let slot = st.p2p.get_mut(&key).expect("posted");
             let want = Self::sig(CollOp::Send, Some(dtype), counts);
             if slot.sig != want {
                 let e = Error::CollectiveMismatch {
-                    comm: g.name.clone(),
+                    comm: g.name.to_string(),
                     seq: key.3,
                     call_a: format!("send to rank {} (tag {tag}): {}", key.1, slot.sig),
                     ranks_a: Box::new([peer]),
@@ -842,7 +879,7 @@ impl Communicator for ThreadComm {
             for (c, mut ranks) in by_color {
                 ranks.sort();
                 let grp = Arc::new(Group {
-                    name: format!("{}/split({})", g.name, c - 1),
+                    name: format!("{}/split({})", g.name, c - 1).into(),
                     members: ranks.iter().map(|&(_, r)| g.members[r]).collect(),
                     world: g.world.clone(),
                     config: g.config.clone(),
@@ -866,18 +903,28 @@ fn p2p_wait<'a>(
     me: usize,
     stream: u64,
     peer: usize,
-    what: &str,
+    what: &P2pCall,
     done: &dyn Fn(&GroupState) -> bool,
 ) -> Result<MutexGuard<'a, GroupState>> {
+    if done(&st) {
+        return Ok(st); // nothing to wait for: no wait to register
+    }
     let (wme, wpeer) = (g.members[me], g.members[peer]);
+    let since = Instant::now();
     g.world
         .waits
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert((wme, stream), (wpeer, what.to_string(), Instant::now()));
-    let deadline = Instant::now() + g.config.timeout;
+        .insert((wme, stream), (wpeer, what.clone(), since));
+    let deadline = since + g.config.timeout;
     let grace = g.config.deadlock_grace;
     let out = g.wait(st, deadline, &|_| what.to_string(), done, &|| {
+        // A cycle only counts waits older than the grace period (this one included, and a cycle
+        // another rank found through this rank was found after this wait's grace), so a young
+        // wait skips the search and its allocations.
+        if since.elapsed() < grace {
+            return None;
+        }
         g.world
             .deadlock_cycle(wme, grace)
             .map(|cycle| Error::Deadlock { cycle })
