@@ -20,6 +20,15 @@ const BIAS_GELU_ENTRIES: [&str; 6] = [
     "ft_bias_gelu_dbias_reduce_bf16",
 ];
 
+/// The entry points `kernels/overlap/ag_gemm.cu` must export (and nothing else).
+const AG_GEMM_ENTRIES: [&str; 5] = [
+    "ft_ag_gemm_stage_bf16",
+    "ft_ag_gemm_nt_none_bf16",
+    "ft_ag_gemm_nt_none_bf16_small",
+    "ft_ag_gemm_nt_bias_bf16",
+    "ft_ag_gemm_nt_bias_bf16_small",
+];
+
 fn require_kernels() -> bool {
     std::env::var("FERROTRON_REQUIRE_KERNELS").is_ok_and(|v| {
         matches!(
@@ -129,4 +138,17 @@ fn bias_gelu_exports_its_entries() {
         !img.ptx.contains("tanh.approx"),
         "bias_gelu uses the approximate tanh instruction"
     );
+}
+
+#[test]
+fn ag_gemm_exports_its_entries() {
+    if !should_check() {
+        return;
+    }
+    let img = kernels::image("overlap/ag_gemm").unwrap_or_else(|e| panic!("{e}"));
+    let mut entries = img.entries();
+    entries.sort();
+    let mut want = AG_GEMM_ENTRIES.to_vec();
+    want.sort();
+    assert_eq!(entries, want, "overlap/ag_gemm entry points");
 }

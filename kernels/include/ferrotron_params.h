@@ -384,6 +384,37 @@ typedef struct FtPeerCollParams {
     uint64_t spin_limit;
 } FtPeerCollParams;
 
+/**
+ * Parameters of the all-gather + GEMM overlap kernels (kernels/overlap/ag_gemm.cu):
+ * `ft_ag_gemm_nt_<epilogue>_bf16[_small]` (`epilogue` = `none` or `bias`).
+ *
+ * `Y[m, n] = epilogue(X[m, k] W[n, k]^T)` where `X` is the all-gather along the rows of every
+ * rank's `[m_local, k]` shard (`m = world * m_local`), each shard read straight from its rank's
+ * peer staging buffer (`table`, as in `FtPeerCollParams`) once its "chunk ready" flags reached
+ * `epoch + 1` (published by `ft_ag_gemm_stage_bf16`, a `FtPeerCollParams` launch of
+ * `stage_ctas` CTAs). The tile height must divide `m_local`.
+ */
+typedef struct FtAgGemmParams {
+    /** The GEMM (`nt` layout): `a` unused (the rows come from the staging buffers), `b` the
+     *  weight `[n, k]`, `c` the output `[m, n]`, `bias` `[n]` for the `bias` epilogue, `m` =
+     *  `world * m_local`. */
+    FtGemmParams gemm;
+    /** This rank's peer table (see `FtPeerCollParams`). */
+    uint64_t* table;
+    /** This rank. */
+    uint64_t rank;
+    /** Number of ranks. */
+    uint64_t world;
+    /** Rows of every rank's shard. */
+    uint64_t m_local;
+    /** The call's epoch base: the shards are ready at `epoch + 1`. */
+    uint64_t epoch;
+    /** CTAs of the staging launch: flag slots `[q][0, stage_ctas)` announce rank q's shard. */
+    uint64_t stage_ctas;
+    /** Polls of a flag before giving up (0: never). */
+    uint64_t spin_limit;
+} FtAgGemmParams;
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::{Communicator, ReduceOp, Work};
 use crate::error::Result;
+use crate::ops::Epilogue;
 use crate::stream::Stream;
 use crate::tensor::Tensor;
 
@@ -45,8 +46,13 @@ impl CommCounts {
     }
 
     fn add(&self, what: &AtomicU64, t: &Tensor) {
+        self.add_elems(what, t, t.numel());
+    }
+
+    /// Counts `elems` elements of `t`'s dtype as one call.
+    fn add_elems(&self, what: &AtomicU64, t: &Tensor, elems: usize) {
         what.fetch_add(
-            (t.numel() * t.dtype().size_in_bytes()) as u64,
+            (elems * t.dtype().size_in_bytes()) as u64,
             Ordering::Relaxed,
         );
         self.calls.fetch_add(1, Ordering::Relaxed);
@@ -91,6 +97,16 @@ impl<T: Communicator + ?Sized> Communicator for &T {
     }
     fn all_reduce(&self, stream: &Stream, buf: &mut Tensor, op: ReduceOp) -> Result<Work> {
         (**self).all_reduce(stream, buf, op)
+    }
+    fn all_gather_gemm(
+        &self,
+        stream: &Stream,
+        x: &Tensor,
+        w: &Tensor,
+        y: &mut Tensor,
+        epilogue: Epilogue<'_>,
+    ) -> Result<Work> {
+        (**self).all_gather_gemm(stream, x, w, y, epilogue)
     }
     fn all_gather_v(
         &self,
@@ -141,6 +157,20 @@ impl Communicator for Counting<'_> {
     fn all_reduce(&self, stream: &Stream, buf: &mut Tensor, op: ReduceOp) -> Result<Work> {
         self.counts.add(&self.counts.all_reduce, buf);
         self.inner.all_reduce(stream, buf, op)
+    }
+    /// Counted as the all-gather it contains (the gathered bytes), then forwarded (fused where
+    /// the inner communicator fuses it).
+    fn all_gather_gemm(
+        &self,
+        stream: &Stream,
+        x: &Tensor,
+        w: &Tensor,
+        y: &mut Tensor,
+        epilogue: Epilogue<'_>,
+    ) -> Result<Work> {
+        let gathered = x.numel() * self.inner.size();
+        self.counts.add_elems(&self.counts.all_gather, x, gathered);
+        self.inner.all_gather_gemm(stream, x, w, y, epilogue)
     }
     fn all_gather_v(
         &self,

@@ -30,6 +30,7 @@ pub use peer::{PeerComm, PeerConfig};
 pub use signature::{CollOp, ReduceOp, Signature};
 
 use crate::error::{Error, Result};
+use crate::ops::{Epilogue, Gemm, Transpose};
 use crate::stream::{Event, Stream};
 use crate::tensor::Tensor;
 use std::sync::{Arc, Mutex};
@@ -126,6 +127,29 @@ pub trait Communicator: Send + Sync {
     /// A name for messages (e.g. `threads:world`, `threads:world/split(1)`).
     fn name(&self) -> &str;
 
+    /// The all-gather + GEMM of a column-parallel layer under sequence parallelism:
+    /// `y = epilogue(X w^T)` on this rank, where `X` (`[size * m_local, k]`) is the
+    /// concatenation in rank order of every rank's `x` (`[m_local, k]`), `w` is `[n, k]` and `y`
+    /// is `[size * m_local, n]`; every rank calls it (with its own `w`, `y`).
+    ///
+    /// Default: [`all_gather_then_gemm`] (an [`Communicator::all_gather`] into a temporary, then
+    /// [`crate::ops::gemm_epilogue`], both on `stream`). A backend that can overlap the two
+    /// overrides it (the peer communicator runs `kernels/overlap/ag_gemm.cu`: the GEMM consumes
+    /// each rank's rows as soon as they arrived) with bitwise the same result as its default.
+    /// The returned work completes after the GEMM.
+    ///
+    /// Errors: those of the all-gather and the GEMM (shapes, dtypes, devices).
+    fn all_gather_gemm(
+        &self,
+        stream: &Stream,
+        x: &Tensor,
+        w: &Tensor,
+        y: &mut Tensor,
+        epilogue: Epilogue<'_>,
+    ) -> Result<Work> {
+        all_gather_then_gemm(self, stream, x, w, y, epilogue)
+    }
+
     /// In place: every rank's `buf` becomes the reduction of all ranks' `buf`.
     fn all_reduce(&self, stream: &Stream, buf: &mut Tensor, op: ReduceOp) -> Result<Work>;
     /// `output` (size x input count) is the concatenation of every rank's `input`, in rank order.
@@ -174,6 +198,43 @@ pub trait Communicator: Send + Sync {
     /// Collective over the group, blocking the host: ranks with the same `color` form a new
     /// group, ordered by `(key, rank)`; `None` opts out (returns `None`).
     fn split(&self, color: Option<u32>, key: usize) -> Result<Option<Box<dyn Communicator>>>;
+}
+
+/// The unfused [`Communicator::all_gather_gemm`] (its default): all-gathers `x` (`[m_local, k]`)
+/// along the rows into a new `[size * m_local, k]` tensor, then `y = epilogue(gathered w^T)`
+/// with [`crate::ops::gemm_epilogue`], both on `stream`; the returned work completes after the
+/// GEMM.
+pub fn all_gather_then_gemm<C: Communicator + ?Sized>(
+    comm: &C,
+    stream: &Stream,
+    x: &Tensor,
+    w: &Tensor,
+    y: &mut Tensor,
+    epilogue: Epilogue<'_>,
+) -> Result<Work> {
+    const OP: &str = "all_gather_gemm";
+    if x.dims().len() != 2 {
+        return Err(Error::invalid(
+            OP,
+            "x",
+            format!("must be 2-D [m_local, k], got {:?}", x.dims()),
+        ));
+    }
+    let dims = [comm.size() * x.dims()[0], x.dims()[1]];
+    let mut gathered = Tensor::poisoned(stream.device(), dims, x.dtype())?;
+    let work = comm.all_gather(stream, x, &mut gathered)?;
+    let args = Gemm {
+        ta: Transpose::N,
+        tb: Transpose::T,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    crate::ops::gemm_epilogue(stream, &gathered, w, y, &args, epilogue)?;
+    Ok(Work::new(
+        stream.record_event()?,
+        stream.clone(),
+        work.status,
+    ))
 }
 
 /// Validates the per-rank counts of a `_v` collective.

@@ -596,6 +596,7 @@ fn op_code(op: CollOp) -> u64 {
         CollOp::Send => 6,
         CollOp::Recv => 7,
         CollOp::Split => 8,
+        CollOp::AllGatherGemm => 9,
     }
 }
 

@@ -36,7 +36,16 @@
 //!   [`PeerConfig::one_shot_max_bytes`], else two-shot (stage; rank `r` reduces block `r` of every
 //!   rank's staging buffer into its own; every rank gathers the reduced blocks); buffers larger
 //!   than the staging buffer go in chunks, one launch each;
-//! - all-gather(_v), reduce-scatter(_v), broadcast, barrier.
+//! - all-gather(_v), reduce-scatter(_v), broadcast, barrier;
+//! - all-gather + GEMM ([`Communicator::all_gather_gemm`], the forward GEMM of a column-parallel
+//!   layer under sequence parallelism), fused by `kernels/overlap/ag_gemm.cu` when the shapes
+//!   allow it (bf16, `k % 8 == 0`, a GEMM tile height dividing the shard's rows): one
+//!   rendezvous, then three launches sharing the call's epoch block: each rank copies its shard
+//!   into its staging buffer and publishes "ready" (`e + 1`) without waiting; the GEMM's CTAs
+//!   each wait for the one shard their tile needs and read it straight from its owner's staging
+//!   buffer (each rank starting with its own shard); a "done" barrier (`e + 3`) ends the call.
+//!   Bitwise equal to the unfused all-gather then GEMM ([`super::all_gather_then_gemm`], which
+//!   runs otherwise).
 //!
 //! Reductions sum `((x_0 op x_1) op x_2) ...` in rank order with f32 accumulation (bf16 rounded
 //! once), like the threads backend, so results are bitwise equal to it.
@@ -49,12 +58,14 @@ use super::Work;
 use super::{
     check_counts, check_rank, host, CollOp, CommConfig, Communicator, ReduceOp, Signature,
 };
+use crate::backend::cuda::gemm::params as gemm_params;
 use crate::backend::emu::{memory, EmuHandle, EmuMem, LaunchShape};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernels::abi::FtPeerCollParams;
+use crate::kernels::abi::{FtAgGemmParams, FtPeerCollParams};
 use crate::ops::launch::prepare_kernel;
+use crate::ops::Epilogue;
 use crate::stream::Stream;
 use crate::tensor::{Buffer, Tensor};
 use std::collections::HashMap;
@@ -66,6 +77,11 @@ use std::time::{Duration, Instant};
 const MODULE: &str = "comm/peer";
 /// Flag slots per rank (`FT_PEER_MAX_CTAS` in `ferrotron_params.h`).
 const MAX_CTAS: u32 = 8;
+/// The image of `kernels/overlap/ag_gemm.cu`.
+const OVERLAP_MODULE: &str = "overlap/ag_gemm";
+/// Shared-memory stages and K depth of the GEMM tiles (`STAGES`, `BK` in gemm_core.cuh).
+const GEMM_STAGES: usize = 3;
+const GEMM_BK: usize = 32;
 /// Threads per CTA.
 const BLOCK: u32 = 256;
 /// Epoch values one launch uses.
@@ -268,6 +284,14 @@ impl PeerGroup {
 
 /// One launch of a peer kernel: the function and the parameters that vary per launch.
 struct Launch {
+    /// The kernel image ([`MODULE`] or [`OVERLAP_MODULE`]).
+    module: &'static str,
+    /// Which block of [`PHASES`] epoch values of the call the launch uses (the launches of one
+    /// fused call share a block).
+    epoch_block: u64,
+    /// An all-gather + GEMM launch (`FtAgGemmParams`), else a peer collective
+    /// (`FtPeerCollParams`).
+    gemm: Option<AgGemmLaunch>,
     function: String,
     input: u64,
     output: u64,
@@ -275,6 +299,19 @@ struct Launch {
     /// Element offsets of the ranks' blocks (`world + 1` values), written into the peer table.
     offsets: Vec<u64>,
     root: u64,
+}
+
+/// The GEMM launch of an all-gather + GEMM (device addresses as `u64`: the launch is sent to
+/// the stream worker).
+#[derive(Clone, Debug)]
+struct AgGemmLaunch {
+    w: u64,
+    y: u64,
+    bias: u64,
+    m_local: u64,
+    n: u64,
+    k: u64,
+    shape: LaunchShape,
 }
 
 /// A rank's handle on a peer communicator.
@@ -489,6 +526,9 @@ impl PeerComm {
         let mut sig = Self::sig(CollOp::ReduceScatter, Some(dtype), counts.clone());
         sig.redop = Some(op);
         let launch = Launch {
+            module: MODULE,
+            epoch_block: 0,
+            gemm: None,
             function: format!("ft_peer_reduce_scatter_{}", Self::suffix(dtype)),
             input: Self::addr(input),
             output: Self::addr(output),
@@ -507,6 +547,105 @@ impl PeerComm {
         )
     }
 
+    /// The fused all-gather + GEMM (`kernels/overlap/ag_gemm.cu`) when the operands allow it:
+    /// bf16 tensors on this rank's device, `x [m_local, k]`, `w [n, k]`, `y [size * m_local, n]`,
+    /// `k % 8 == 0` and `w` 16-byte aligned (the cp.async loads), a GEMM tile height (128 or
+    /// 64) dividing `m_local`, the shard fitting the staging buffer, epilogue none or bias.
+    /// Returns the call's signature and launches, or `None` (then the unfused path runs, and
+    /// reports any error).
+    fn ag_gemm_plan(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &Tensor,
+        epilogue: &Epilogue<'_>,
+    ) -> Option<(Signature, Vec<Launch>)> {
+        let here = self.device();
+        let ok = |t: &Tensor| t.dtype() == DType::BF16 && here.compatible(t.device());
+        if !(ok(x) && ok(w) && ok(y)) {
+            return None;
+        }
+        let (&[m_local, k], &[n, kw], &[my, ny]) = (x.dims(), w.dims(), y.dims()) else {
+            return None;
+        };
+        let m = self.size() * m_local;
+        if kw != k || my != m || ny != n || m_local == 0 || n == 0 || k == 0 || k % 8 != 0 {
+            return None;
+        }
+        if Self::addr(w) % 16 != 0 || m_local * k * 2 > self.group.config.staging_bytes {
+            return None;
+        }
+        let (epi, bias) = match epilogue {
+            Epilogue::None => ("none", 0),
+            Epilogue::Bias(b) if ok(b) && b.numel() == n => ("bias", Self::addr(b)),
+            _ => return None,
+        };
+        let (bm, bn, threads, suffix) = if m >= 128 && n >= 128 && m_local % 128 == 0 {
+            (128, 128, 256, "")
+        } else if m_local % 64 == 0 {
+            (64, 64, 128, "_small")
+        } else {
+            return None;
+        };
+        let gx = u32::try_from(n.div_ceil(bn)).ok()?;
+        let gy = u32::try_from(m / bm).ok().filter(|&g| g <= 65535)?;
+        let sig = Signature {
+            op: CollOp::AllGatherGemm,
+            dtype: Some(DType::BF16),
+            counts: vec![m_local, k, n, usize::from(bias != 0)].into(),
+            root: None,
+            redop: None,
+        };
+        let stage = Launch {
+            module: OVERLAP_MODULE,
+            epoch_block: 0,
+            gemm: None,
+            function: "ft_ag_gemm_stage_bf16".into(),
+            input: Self::addr(x),
+            output: 0,
+            count: (m_local * k) as u64,
+            offsets: Vec::new(),
+            root: 0,
+        };
+        let gemm = Launch {
+            module: OVERLAP_MODULE,
+            epoch_block: 0,
+            gemm: Some(AgGemmLaunch {
+                w: Self::addr(w),
+                y: Self::addr(y),
+                bias,
+                m_local: m_local as u64,
+                n: n as u64,
+                k: k as u64,
+                shape: LaunchShape {
+                    grid: [gx, gy, 1],
+                    block: [threads, 1, 1],
+                    dynamic_shared: (GEMM_STAGES * (bm + bn) * GEMM_BK * 2) as u32,
+                },
+            }),
+            function: format!("ft_ag_gemm_nt_{epi}_bf16{suffix}"),
+            input: 0,
+            output: 0,
+            count: 0,
+            offsets: Vec::new(),
+            root: 0,
+        };
+        // The "done" barrier (epoch + 3) of the same epoch block: no rank overwrites its
+        // staging buffer (next call) while a peer may still read it.
+        let done = Launch {
+            module: MODULE,
+            epoch_block: 0,
+            gemm: None,
+            function: "ft_peer_barrier".into(),
+            input: 0,
+            output: 0,
+            count: 0,
+            offsets: Vec::new(),
+            root: 0,
+        };
+        Some((sig, vec![stage, gemm, done]))
+    }
+
     fn all_gather_impl(
         &self,
         stream: &Stream,
@@ -523,6 +662,9 @@ impl PeerComm {
         self.staging_check(OP, "input", largest, dtype)?;
         let sig = Self::sig(CollOp::AllGather, Some(dtype), counts.clone());
         let launch = Launch {
+            module: MODULE,
+            epoch_block: 0,
+            gemm: None,
             function: format!("ft_peer_all_gather_{}", Self::suffix(dtype)),
             input: Self::addr(input),
             output: Self::addr(output),
@@ -575,6 +717,19 @@ fn param_bytes(p: &FtPeerCollParams) -> Vec<u8> {
     bytes.to_vec()
 }
 
+/// The bytes of the all-gather + GEMM parameter struct, as the kernel's `.param` space holds
+/// them.
+fn ag_gemm_param_bytes(p: &FtAgGemmParams) -> Vec<u8> {
+    let n = std::mem::size_of::<FtAgGemmParams>();
+    // SAFETY: `FtAgGemmParams` is a `#[repr(C)]` plain-old-data struct bindgen made from
+    // `kernels/include/ferrotron_params.h`: the `FtGemmParams` (pointers, u64s, an f32 and a u32
+    // pair, no padding) then pointers and u64s, every field naturally aligned with no padding
+    // (bindgen's layout assertions check the size), so all `n` bytes are initialised and
+    // reading them as `u8` is sound.
+    let bytes = unsafe { std::slice::from_raw_parts((p as *const FtAgGemmParams).cast::<u8>(), n) };
+    bytes.to_vec()
+}
+
 /// A call on rank `me`'s stream worker: rendezvous, then the launches.
 fn run_call(
     group: &PeerGroup,
@@ -593,11 +748,16 @@ fn run_call(
             waiting_in: format!("{opname} #{seq} on {}", group.name),
         });
     }
-    let epoch = group.rendezvous(me, seq, sig, launches.len() as u64)?;
+    let blocks = launches
+        .iter()
+        .map(|l| l.epoch_block + 1)
+        .max()
+        .unwrap_or(1);
+    let epoch = group.rendezvous(me, seq, sig, blocks)?;
     let res = &group.ranks[me];
     let world = group.size();
     let cfg = &group.config;
-    for (k, l) in launches.iter().enumerate() {
+    for l in launches {
         let outcome = (|| -> Result<()> {
             if !l.offsets.is_empty() {
                 let bytes: Vec<u8> = l.offsets.iter().flat_map(|w| w.to_le_bytes()).collect();
@@ -608,25 +768,44 @@ fn run_call(
                         error: e,
                     })?;
             }
-            let p = FtPeerCollParams {
-                input: l.input as usize as *const std::ffi::c_void,
-                output: l.output as usize as *mut std::ffi::c_void,
-                table: res.table.addr() as usize as *mut u64,
-                rank: me as u64,
-                world: world as u64,
-                count: l.count,
-                epoch: epoch + k as u64 * PHASES,
-                op: redop,
-                root: l.root,
-                spin_limit: cfg.spin_limit,
+            let epoch = epoch + l.epoch_block * PHASES;
+            let (params, shape) = match &l.gemm {
+                None => {
+                    let p = FtPeerCollParams {
+                        input: l.input as usize as *const std::ffi::c_void,
+                        output: l.output as usize as *mut std::ffi::c_void,
+                        table: res.table.addr() as usize as *mut u64,
+                        rank: me as u64,
+                        world: world as u64,
+                        count: l.count,
+                        epoch,
+                        op: redop,
+                        root: l.root,
+                        spin_limit: cfg.spin_limit,
+                    };
+                    let shape = LaunchShape {
+                        grid: [cfg.ctas, 1, 1],
+                        block: [BLOCK, 1, 1],
+                        dynamic_shared: 0,
+                    };
+                    (param_bytes(&p), shape)
+                }
+                Some(g) => {
+                    let (m_local, n, k) = (g.m_local as usize, g.n as usize, g.k as usize);
+                    let p = FtAgGemmParams {
+                        gemm: gemm_params(0, g.w, g.y, g.bias, 0, world * m_local, n, k, 1.0),
+                        table: res.table.addr() as usize as *mut u64,
+                        rank: me as u64,
+                        world: world as u64,
+                        m_local: g.m_local,
+                        epoch,
+                        stage_ctas: cfg.ctas as u64,
+                        spin_limit: cfg.spin_limit,
+                    };
+                    (ag_gemm_param_bytes(&p), g.shape)
+                }
             };
-            let shape = LaunchShape {
-                grid: [cfg.ctas, 1, 1],
-                block: [BLOCK, 1, 1],
-                dynamic_shared: 0,
-            };
-            res.emu
-                .launch_with(MODULE, &l.function, &param_bytes(&p), shape)?;
+            res.emu.launch_with(l.module, &l.function, &params, shape)?;
             let mut word = [0u8; 8];
             memory()
                 .read_bytes(group.abort_addr(me), &mut word)
@@ -702,6 +881,9 @@ impl Communicator for PeerComm {
                 )
             };
             launches.push(Launch {
+                module: MODULE,
+                epoch_block: launches.len() as u64,
+                gemm: None,
                 function,
                 input: at,
                 output: at,
@@ -754,6 +936,9 @@ impl Communicator for PeerComm {
         let mut sig = Self::sig(CollOp::Broadcast, Some(dtype), vec![n]);
         sig.root = Some(root);
         let launch = Launch {
+            module: MODULE,
+            epoch_block: 0,
+            gemm: None,
             function: format!("ft_peer_broadcast_{}", Self::suffix(dtype)),
             input: Self::addr(buf),
             output: Self::addr(buf),
@@ -762,6 +947,38 @@ impl Communicator for PeerComm {
             root: root as u64,
         };
         self.enqueue(stream, OP, sig, 0, &[], &[("buf", &*buf)], vec![launch])
+    }
+
+    /// Fused (`kernels/overlap/ag_gemm.cu`, see [`PeerComm`]'s module docs) when the operands
+    /// allow it (bf16, `k % 8 == 0`, a GEMM tile height of 128 or 64 dividing `m_local`, the
+    /// shard within the staging buffer, epilogue none or bias), else the default
+    /// [`super::all_gather_then_gemm`]; bitwise the same result either way. Every rank must take
+    /// the same path (it depends on the shapes and on `w`'s alignment), else the call fails with
+    /// [`Error::CollectiveMismatch`].
+    fn all_gather_gemm(
+        &self,
+        stream: &Stream,
+        x: &Tensor,
+        w: &Tensor,
+        y: &mut Tensor,
+        epilogue: Epilogue<'_>,
+    ) -> Result<Work> {
+        let Some((sig, launches)) = self.ag_gemm_plan(x, w, y, &epilogue) else {
+            return super::all_gather_then_gemm(self, stream, x, w, y, epilogue);
+        };
+        let mut reads = vec![("x", x), ("w", w)];
+        if let Epilogue::Bias(b) = epilogue {
+            reads.push(("bias", b));
+        }
+        self.enqueue(
+            stream,
+            "all_gather_gemm",
+            sig,
+            0,
+            &reads,
+            &[("y", &*y)],
+            launches,
+        )
     }
 
     fn send(&self, _stream: &Stream, _buf: &Tensor, _peer: usize, _tag: u32) -> Result<Work> {
@@ -781,6 +998,9 @@ impl Communicator for PeerComm {
     fn barrier(&self, stream: &Stream) -> Result<Work> {
         let sig = Self::sig(CollOp::Barrier, None, vec![]);
         let launch = Launch {
+            module: MODULE,
+            epoch_block: 0,
+            gemm: None,
             function: "ft_peer_barrier".into(),
             input: 0,
             output: 0,

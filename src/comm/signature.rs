@@ -36,6 +36,8 @@ pub enum CollOp {
     Recv,
     /// Communicator split.
     Split,
+    /// All-gather fused with the GEMM that consumes it ([`super::Communicator::all_gather_gemm`]).
+    AllGatherGemm,
 }
 
 impl CollOp {
@@ -50,6 +52,7 @@ impl CollOp {
             CollOp::Send => "send",
             CollOp::Recv => "recv",
             CollOp::Split => "split",
+            CollOp::AllGatherGemm => "all_gather_gemm",
         }
     }
 }

@@ -878,3 +878,71 @@ impl Default for FtPeerCollParams {
         }
     }
 }
+/** Parameters of the all-gather + GEMM overlap kernels (kernels/overlap/ag_gemm.cu):
+ `ft_ag_gemm_nt_<epilogue>_bf16[_small]` (`epilogue` = `none` or `bias`).
+
+ `Y[m, n] = epilogue(X[m, k] W[n, k]^T)` where `X` is the all-gather along the rows of every
+ rank's `[m_local, k]` shard (`m = world * m_local`), each shard read straight from its rank's
+ peer staging buffer (`table`, as in `FtPeerCollParams`) once its "chunk ready" flags reached
+ `epoch + 1` (published by `ft_ag_gemm_stage_bf16`, a `FtPeerCollParams` launch of
+ `stage_ctas` CTAs). The tile height must divide `m_local`.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct FtAgGemmParams {
+    /** The GEMM (`nt` layout): `a` unused (the rows come from the staging buffers), `b` the
+  weight `[n, k]`, `c` the output `[m, n]`, `bias` `[n]` for the `bias` epilogue, `m` =
+  `world * m_local`.*/
+    pub gemm: FtGemmParams,
+    /// This rank's peer table (see `FtPeerCollParams`).
+    pub table: *mut u64,
+    /// This rank.
+    pub rank: u64,
+    /// Number of ranks.
+    pub world: u64,
+    /// Rows of every rank's shard.
+    pub m_local: u64,
+    /// The call's epoch base: the shards are ready at `epoch + 1`.
+    pub epoch: u64,
+    /// CTAs of the staging launch: flag slots `[q][0, stage_ctas)` announce rank q's shard.
+    pub stage_ctas: u64,
+    /// Polls of a flag before giving up (0: never).
+    pub spin_limit: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of FtAgGemmParams"][::std::mem::size_of::<FtAgGemmParams>() - 128usize];
+    ["Alignment of FtAgGemmParams"][::std::mem::align_of::<FtAgGemmParams>() - 8usize];
+    [
+        "Offset of field: FtAgGemmParams::gemm",
+    ][::std::mem::offset_of!(FtAgGemmParams, gemm) - 0usize];
+    [
+        "Offset of field: FtAgGemmParams::table",
+    ][::std::mem::offset_of!(FtAgGemmParams, table) - 72usize];
+    [
+        "Offset of field: FtAgGemmParams::rank",
+    ][::std::mem::offset_of!(FtAgGemmParams, rank) - 80usize];
+    [
+        "Offset of field: FtAgGemmParams::world",
+    ][::std::mem::offset_of!(FtAgGemmParams, world) - 88usize];
+    [
+        "Offset of field: FtAgGemmParams::m_local",
+    ][::std::mem::offset_of!(FtAgGemmParams, m_local) - 96usize];
+    [
+        "Offset of field: FtAgGemmParams::epoch",
+    ][::std::mem::offset_of!(FtAgGemmParams, epoch) - 104usize];
+    [
+        "Offset of field: FtAgGemmParams::stage_ctas",
+    ][::std::mem::offset_of!(FtAgGemmParams, stage_ctas) - 112usize];
+    [
+        "Offset of field: FtAgGemmParams::spin_limit",
+    ][::std::mem::offset_of!(FtAgGemmParams, spin_limit) - 120usize];
+};
+impl Default for FtAgGemmParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}

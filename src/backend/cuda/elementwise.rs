@@ -1,5 +1,5 @@
 //! Launches of the elementwise kernels in `kernels/elementwise/`, and of the code generator's
-//! shipped fused kernels (`codegen::variants::fused`, the image [`FUSED_MODULE`]): the bias +
+//! shipped fused kernels (`codegen::variants::fused`, the image `FUSED_MODULE`): the bias +
 //! GeLU backward's `dx` is the generated `bias_gelu_bwd_<dtype>` variant.
 
 use super::driver_error;

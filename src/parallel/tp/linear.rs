@@ -10,7 +10,7 @@
 //!
 //! | layer | weight shard | forward | backward |
 //! |-------|--------------|---------|----------|
-//! | column | `[out/p, in]` (rows block `r`) | `x` (all-gathered along the tokens under SP) `W_r^T + b_r`; optionally gathered along the last dimension | `dx = sum_r dy_r W_r` (all-reduce, or reduce-scatter under SP), **overlapped** with `dW_r += dy_r^T x` |
+//! | column | `[out/p, in]` (rows block `r`) | `x` (all-gathered along the tokens under SP, fused with the GEMM: [`Communicator::all_gather_gemm`]) `W_r^T + b_r`; optionally gathered along the last dimension | `dx = sum_r dy_r W_r` (all-reduce, or reduce-scatter under SP), **overlapped** with `dW_r += dy_r^T x` |
 //! | row | `[out, in/p]` (columns block `r`) | `sum_r x_r W_r^T` (all-reduce, or reduce-scatter under SP) `+ b` | `dx_r = dy W_r` (dy all-gathered under SP), `dW_r += dy^T x_r` |
 //!
 //! Conventions:
@@ -59,7 +59,7 @@ use crate::device::{BackendKind, Device};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::bias::{bias_add, column_sum};
-use crate::ops::{gemm, shard as copies, Gemm, Transpose};
+use crate::ops::{gemm, shard as copies, Epilogue, Gemm, Transpose};
 use crate::parallel::tp::mappings;
 use crate::parallel::tp::shard::{self, Partition};
 use crate::stream::Stream;
@@ -527,11 +527,16 @@ fn gemm_bias(streams: &TpStreams, x: &Tensor, w: &Tensor, bias: Option<&Tensor>)
     let c = &streams.compute;
     let mut y = poisoned(streams, [x.dims()[0], w.dims()[0]], x.dtype())?;
     streams.span(c, "fwd: gemm", || gemm(c, x, w, &mut y, &Y_XWT))?;
+    add_bias(streams, y, bias)
+}
+
+/// `y (+ bias)` on the compute stream: `y` itself without a bias, else a new tensor.
+fn add_bias(streams: &TpStreams, y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match bias {
         None => Ok(y),
         Some(b) => {
             let mut yb = poisoned(streams, [y.dims()[0], y.dims()[1]], y.dtype())?;
-            bias_add(c, &y, b, &mut yb)?;
+            bias_add(&streams.compute, &y, b, &mut yb)?;
             Ok(yb)
         }
     }
@@ -833,17 +838,25 @@ impl ColumnParallelLinear {
     ) -> Result<Tensor> {
         const OP: &str = "ColumnParallelLinear::forward";
         let (_, t) = self.check_call(OP, streams, comm, x)?;
-        let gathered = self.gather_input(streams, comm, x, t, "fwd: all_gather x")?;
-        if gathered.is_some() {
-            streams.compute_after_comm()?;
-        }
-        let x_total = gathered.as_ref().unwrap_or(x);
         let bias = self
             .params
             .bias
             .as_ref()
             .filter(|_| !self.config.skip_bias_add);
-        let y_local = gemm_bias(streams, x_total, &self.params.weight, bias)?;
+        let y_local = if self.config.sequence_parallel && self.tp_size > 1 {
+            // The all-gather of x and the GEMM in one call on comm: the communicator may overlap
+            // them (the peer communicator's fused kernel), with the same result.
+            let w = &self.params.weight;
+            let mut y = poisoned(streams, [t, w.dims()[0]], self.dtype())?;
+            streams.comm_after_compute()?;
+            streams.span(&streams.comm, "fwd: all_gather x + gemm", || {
+                comm.all_gather_gemm(&streams.comm, x, w, &mut y, Epilogue::None)
+            })?;
+            streams.compute_after_comm()?;
+            add_bias(streams, y, bias)?
+        } else {
+            gemm_bias(streams, x, &self.params.weight, bias)?
+        };
         if !(self.config.gather_output && self.tp_size > 1) {
             return Ok(y_local);
         }

@@ -1,0 +1,188 @@
+//! The all-gather + GEMM overlap kernel (`kernels/overlap/ag_gemm.cu`, issue #8) on 2, 3 and 4
+//! emulated GPUs: `Communicator::all_gather_gemm` of the peer communicator (fused when the
+//! shapes allow it) against the unfused all-gather then GEMM on the same emulated GPUs
+//! (bitwise: the same dot products in the same order) and against the threads backend on the
+//! CPU (to the bf16 reduction tolerance: the CPU GEMM sums in another order). Shapes cover both
+//! fused tiles (64 and 128 rows), the bias epilogue, a shard height no tile divides (the
+//! unfused fallback), and every shape twice in a row (epochs, staging reuse). Outputs start
+//! poisoned, so an element the kernel never writes is caught.
+//!
+//! Without kernels (built without nvcc) each test prints why it skipped; with
+//! `FERROTRON_REQUIRE_KERNELS=1` (CI) a missing image fails instead.
+
+mod common;
+
+use common::{kernels_or_skip, watchdog};
+use ferrotron::comm::peer::{self, PeerConfig};
+use ferrotron::comm::{all_gather_then_gemm, launch_with, CommConfig, Communicator};
+use ferrotron::ops::Epilogue;
+use ferrotron::verify::{compare, random_vec, Tolerance};
+use ferrotron::{BackendKind, DType, Device, Error, Tensor};
+use std::time::{Duration, Instant};
+
+fn short() -> CommConfig {
+    CommConfig {
+        timeout: Duration::from_secs(60),
+        deadlock_grace: Duration::from_millis(200),
+    }
+}
+
+/// `(m_local, k, n, bias)`: fused with the 64 tile (with and without bias), fused with the 128
+/// tile (`m >= 128`, `n >= 128`, 128 | `m_local`), and unfused (64 does not divide 24).
+const CASES: [(usize, usize, usize, bool); 4] = [
+    (64, 64, 64, false),
+    (64, 48, 72, true),
+    (128, 32, 128, false),
+    (24, 40, 48, true),
+];
+
+/// Per call: the bits of `y` from `all_gather_gemm`, then from the unfused path, as f64 bits.
+type Out = Vec<(Vec<f64>, Vec<f64>)>;
+
+/// Every case twice (different data), on this rank.
+fn scenario(rank: usize, world: usize, device: &Device, comm: &dyn Communicator) -> Out {
+    let stream = device.new_stream().unwrap();
+    let mut out = Vec::new();
+    for round in 0..2u64 {
+        for (case, &(m_local, k, n, with_bias)) in CASES.iter().enumerate() {
+            let salt = 100 * round + 10 * case as u64;
+            let t = |seed: u64, dims: &[usize], scale: f64| {
+                let len = dims.iter().product();
+                Tensor::from_f64(
+                    device,
+                    &random_vec(seed, len, -scale, scale),
+                    dims,
+                    DType::BF16,
+                )
+                .unwrap()
+            };
+            // Every rank's shard differs; the weight and bias are this rank's own too (a
+            // column-parallel layer's shard), the GEMM only needs them local.
+            let x = t(salt + 1000 * (rank as u64 + 1), &[m_local, k], 1.0);
+            let w = t(salt + 2 + 7 * rank as u64, &[n, k], 0.3);
+            let b = t(salt + 3 + 7 * rank as u64, &[n], 0.5);
+            let epi = || match with_bias {
+                true => Epilogue::Bias(&b),
+                false => Epilogue::None,
+            };
+            let mut fused = Tensor::poisoned(device, [world * m_local, n], DType::BF16).unwrap();
+            comm.all_gather_gemm(&stream, &x, &w, &mut fused, epi())
+                .unwrap()
+                .wait()
+                .unwrap();
+            let mut plain = Tensor::poisoned(device, [world * m_local, n], DType::BF16).unwrap();
+            all_gather_then_gemm(comm, &stream, &x, &w, &mut plain, epi())
+                .unwrap()
+                .wait()
+                .unwrap();
+            out.push((
+                fused.to_f64_vec(&stream).unwrap(),
+                plain.to_f64_vec(&stream).unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+fn devices(world: usize) -> Vec<Device> {
+    (0..world).map(|r| Device::emu(r).unwrap()).collect()
+}
+
+fn same_bits(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+#[test]
+fn all_gather_gemm_on_2_3_4_emulated_gpus_equals_unfused_and_the_threads_backend() {
+    if !kernels_or_skip("all_gather_gemm") {
+        return;
+    }
+    watchdog(1200, "all_gather_gemm", || {
+        for (world, ctas) in [(2usize, 2u32), (3, 1), (4, 4)] {
+            let t0 = Instant::now();
+            let config = PeerConfig {
+                comm: short(),
+                ctas,
+                ..PeerConfig::default()
+            };
+            let devs = devices(world);
+            let emu = peer::launch(&devs, config, |ctx| {
+                Ok(scenario(ctx.rank, world, &ctx.device, &ctx.comm))
+            })
+            .unwrap();
+            let cpu = launch_with(world, BackendKind::Cpu, short(), |ctx| {
+                Ok(scenario(ctx.rank, world, &ctx.device, &ctx.comm))
+            })
+            .unwrap();
+            for rank in 0..world {
+                for (call, ((fused, plain), (cpu_fused, cpu_plain))) in
+                    emu[rank].iter().zip(&cpu[rank]).enumerate()
+                {
+                    let (m_local, k, n, _) = CASES[call % CASES.len()];
+                    let what =
+                        format!("world {world}, rank {rank}, call {call} ({m_local}x{k}x{n})");
+                    assert_eq!(fused.len(), world * m_local * n, "{what}");
+                    assert!(fused.iter().all(|v| v.is_finite()), "{what}: non-finite");
+                    assert!(same_bits(fused, plain), "{what}: fused != unfused on emu");
+                    // The threads backend's default is the unfused path itself.
+                    assert!(same_bits(cpu_fused, cpu_plain), "{what}: cpu paths differ");
+                    let tol = Tolerance::for_reduction(DType::BF16, k).scaled(2.0);
+                    let c = compare(fused, cpu_fused, tol);
+                    assert!(c.pass, "{what}: emu vs cpu {c}");
+                }
+            }
+            eprintln!("world {world}: {:.1} s", t0.elapsed().as_secs_f64());
+        }
+    });
+}
+
+/// The fused kernel really runs for tile-aligned shapes: a rank calling it while its peer
+/// calls the unfused path is a collective mismatch (all-gather-GEMM vs all-gather), while for
+/// a shard height no tile divides both ranks take the unfused path and agree.
+#[test]
+fn tile_aligned_shapes_take_the_fused_kernel() {
+    if !kernels_or_skip("all_gather_gemm_fused") {
+        return;
+    }
+    watchdog(300, "all_gather_gemm_fused", || {
+        let run = |m_local: usize| {
+            let config = PeerConfig {
+                comm: short(),
+                ..PeerConfig::default()
+            };
+            peer::launch(&devices(2), config, |ctx| {
+                let dev = &ctx.device;
+                let stream = dev.new_stream()?;
+                let x = Tensor::from_f64(
+                    dev,
+                    &random_vec(1, m_local * 32, -1.0, 1.0),
+                    [m_local, 32],
+                    DType::BF16,
+                )?;
+                let w = Tensor::from_f64(
+                    dev,
+                    &random_vec(2, 64 * 32, -1.0, 1.0),
+                    [64, 32],
+                    DType::BF16,
+                )?;
+                let mut y = Tensor::poisoned(dev, [2 * m_local, 64], DType::BF16)?;
+                let work = if ctx.rank == 0 {
+                    ctx.comm
+                        .all_gather_gemm(&stream, &x, &w, &mut y, Epilogue::None)?
+                } else {
+                    all_gather_then_gemm(&ctx.comm, &stream, &x, &w, &mut y, Epilogue::None)?
+                };
+                work.wait()
+            })
+        };
+        match run(64) {
+            Err(Error::RankFailed { error, .. }) => assert!(
+                matches!(*error, Error::CollectiveMismatch { .. }),
+                "{error}"
+            ),
+            Err(e) => panic!("expected a mismatch, got {e}"),
+            Ok(_) => panic!("m_local 64 did not take the fused kernel"),
+        }
+        run(24).expect("m_local 24: both ranks unfused");
+    });
+}
