@@ -29,6 +29,13 @@ const AG_GEMM_ENTRIES: [&str; 5] = [
     "ft_ag_gemm_nt_bias_bf16_small",
 ];
 
+/// The entry points `kernels/overlap/gemm_rs.cu` must export (and nothing else).
+const GEMM_RS_ENTRIES: [&str; 3] = [
+    "ft_gemm_rs_nt_bf16",
+    "ft_gemm_rs_nt_bf16_small",
+    "ft_gemm_rs_reduce_bf16",
+];
+
 fn require_kernels() -> bool {
     std::env::var("FERROTRON_REQUIRE_KERNELS").is_ok_and(|v| {
         matches!(
@@ -151,4 +158,17 @@ fn ag_gemm_exports_its_entries() {
     let mut want = AG_GEMM_ENTRIES.to_vec();
     want.sort();
     assert_eq!(entries, want, "overlap/ag_gemm entry points");
+}
+
+#[test]
+fn gemm_rs_exports_its_entries() {
+    if !should_check() {
+        return;
+    }
+    let img = kernels::image("overlap/gemm_rs").unwrap_or_else(|e| panic!("{e}"));
+    let mut entries = img.entries();
+    entries.sort();
+    let mut want = GEMM_RS_ENTRIES.to_vec();
+    want.sort();
+    assert_eq!(entries, want, "overlap/gemm_rs entry points");
 }

@@ -1,4 +1,6 @@
-//! The all-gather + GEMM overlap kernel (`kernels/overlap/ag_gemm.cu`, issue #8) on 2, 3 and 4
+//! The overlap kernels (issue #8) on 2, 3 and 4 emulated GPUs: GEMM + reduce-scatter
+//! (`kernels/overlap/gemm_rs.cu`, the tests at the end, built the same way) and the all-gather +
+//! GEMM kernel (`kernels/overlap/ag_gemm.cu`) on 2, 3 and 4
 //! emulated GPUs: `Communicator::all_gather_gemm` of the peer communicator (fused when the
 //! shapes allow it) against the unfused all-gather then GEMM on the same emulated GPUs
 //! (bitwise: the same dot products in the same order) and against the threads backend on the
@@ -14,7 +16,9 @@ mod common;
 
 use common::{kernels_or_skip, watchdog};
 use ferrotron::comm::peer::{self, PeerConfig};
-use ferrotron::comm::{all_gather_then_gemm, launch_with, CommConfig, Communicator};
+use ferrotron::comm::{
+    all_gather_then_gemm, gemm_then_reduce_scatter, launch_with, CommConfig, Communicator,
+};
 use ferrotron::ops::Epilogue;
 use ferrotron::verify::{compare, random_vec, Tolerance};
 use ferrotron::{BackendKind, DType, Device, Error, Tensor};
@@ -171,6 +175,145 @@ fn tile_aligned_shapes_take_the_fused_kernel() {
                         .all_gather_gemm(&stream, &x, &w, &mut y, Epilogue::None)?
                 } else {
                     all_gather_then_gemm(&ctx.comm, &stream, &x, &w, &mut y, Epilogue::None)?
+                };
+                work.wait()
+            })
+        };
+        match run(64) {
+            Err(Error::RankFailed { error, .. }) => assert!(
+                matches!(*error, Error::CollectiveMismatch { .. }),
+                "{error}"
+            ),
+            Err(e) => panic!("expected a mismatch, got {e}"),
+            Ok(_) => panic!("m_local 64 did not take the fused kernel"),
+        }
+        run(24).expect("m_local 24: both ranks unfused");
+    });
+}
+
+/// `(m_local, k, n)` of the GEMM + reduce-scatter cases: fused with the 64 tile, fused with the
+/// 128 tile (`m >= 128`, `n >= 128`, 128 | `m_local`), and unfused (64 does not divide 24).
+const RS_CASES: [(usize, usize, usize); 3] = [(64, 48, 72), (128, 32, 128), (24, 40, 48)];
+
+/// Every GEMM + reduce-scatter case twice (different data) on this rank: the bits of `y` from
+/// `gemm_reduce_scatter`, then from the unfused path.
+fn rs_scenario(rank: usize, world: usize, device: &Device, comm: &dyn Communicator) -> Out {
+    let stream = device.new_stream().unwrap();
+    let mut out = Vec::new();
+    for round in 0..2u64 {
+        for (case, &(m_local, k, n)) in RS_CASES.iter().enumerate() {
+            let salt = 100 * round + 10 * case as u64;
+            let t = |seed: u64, dims: &[usize], scale: f64| {
+                let len = dims.iter().product();
+                Tensor::from_f64(
+                    device,
+                    &random_vec(seed, len, -scale, scale),
+                    dims,
+                    DType::BF16,
+                )
+                .unwrap()
+            };
+            // A row-parallel layer: every rank has all the rows of its own K shard of x and
+            // its own K shard of the weight.
+            let x = t(salt + 1000 * (rank as u64 + 1), &[world * m_local, k], 1.0);
+            let w = t(salt + 2 + 7 * rank as u64, &[n, k], 0.3);
+            let mut fused = Tensor::poisoned(device, [m_local, n], DType::BF16).unwrap();
+            comm.gemm_reduce_scatter(&stream, &x, &w, &mut fused)
+                .unwrap()
+                .wait()
+                .unwrap();
+            let mut plain = Tensor::poisoned(device, [m_local, n], DType::BF16).unwrap();
+            gemm_then_reduce_scatter(comm, &stream, &x, &w, &mut plain)
+                .unwrap()
+                .wait()
+                .unwrap();
+            out.push((
+                fused.to_f64_vec(&stream).unwrap(),
+                plain.to_f64_vec(&stream).unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn gemm_reduce_scatter_on_2_3_4_emulated_gpus_equals_unfused_and_the_threads_backend() {
+    if !kernels_or_skip("gemm_reduce_scatter") {
+        return;
+    }
+    watchdog(1200, "gemm_reduce_scatter", || {
+        for (world, ctas) in [(2usize, 2u32), (3, 1), (4, 4)] {
+            let t0 = Instant::now();
+            let config = PeerConfig {
+                comm: short(),
+                ctas,
+                ..PeerConfig::default()
+            };
+            let emu = peer::launch(&devices(world), config, |ctx| {
+                Ok(rs_scenario(ctx.rank, world, &ctx.device, &ctx.comm))
+            })
+            .unwrap();
+            let cpu = launch_with(world, BackendKind::Cpu, short(), |ctx| {
+                Ok(rs_scenario(ctx.rank, world, &ctx.device, &ctx.comm))
+            })
+            .unwrap();
+            for rank in 0..world {
+                for (call, ((fused, plain), (cpu_fused, cpu_plain))) in
+                    emu[rank].iter().zip(&cpu[rank]).enumerate()
+                {
+                    let (m_local, k, n) = RS_CASES[call % RS_CASES.len()];
+                    let what =
+                        format!("world {world}, rank {rank}, call {call} ({m_local}x{k}x{n})");
+                    assert_eq!(fused.len(), m_local * n, "{what}");
+                    assert!(fused.iter().all(|v| v.is_finite()), "{what}: non-finite");
+                    assert!(same_bits(fused, plain), "{what}: fused != unfused on emu");
+                    assert!(same_bits(cpu_fused, cpu_plain), "{what}: cpu paths differ");
+                    // The sum over ranks of bf16 partial products: the tolerance of a reduction
+                    // over k * world terms.
+                    let tol = Tolerance::for_reduction(DType::BF16, k * world).scaled(2.0);
+                    let c = compare(fused, cpu_fused, tol);
+                    assert!(c.pass, "{what}: emu vs cpu {c}");
+                }
+            }
+            eprintln!("world {world}: {:.1} s", t0.elapsed().as_secs_f64());
+        }
+    });
+}
+
+/// The fused GEMM + reduce-scatter really runs for tile-aligned shapes: a rank calling it while
+/// its peer calls the unfused path is a collective mismatch, while for a shard height no tile
+/// divides both ranks take the unfused path and agree.
+#[test]
+fn tile_aligned_shapes_take_the_fused_gemm_reduce_scatter() {
+    if !kernels_or_skip("gemm_reduce_scatter_fused") {
+        return;
+    }
+    watchdog(300, "gemm_reduce_scatter_fused", || {
+        let run = |m_local: usize| {
+            let config = PeerConfig {
+                comm: short(),
+                ..PeerConfig::default()
+            };
+            peer::launch(&devices(2), config, |ctx| {
+                let dev = &ctx.device;
+                let stream = dev.new_stream()?;
+                let x = Tensor::from_f64(
+                    dev,
+                    &random_vec(1, 2 * m_local * 32, -1.0, 1.0),
+                    [2 * m_local, 32],
+                    DType::BF16,
+                )?;
+                let w = Tensor::from_f64(
+                    dev,
+                    &random_vec(2, 64 * 32, -1.0, 1.0),
+                    [64, 32],
+                    DType::BF16,
+                )?;
+                let mut y = Tensor::poisoned(dev, [m_local, 64], DType::BF16)?;
+                let work = if ctx.rank == 0 {
+                    ctx.comm.gemm_reduce_scatter(&stream, &x, &w, &mut y)?
+                } else {
+                    gemm_then_reduce_scatter(&ctx.comm, &stream, &x, &w, &mut y)?
                 };
                 work.wait()
             })

@@ -257,3 +257,66 @@ fn column_parallel_sp_forward_with_the_fused_all_gather_gemm_matches_the_cpu_bac
         }
     });
 }
+
+/// RowParallelLinear's forward under sequence parallelism on 2 emulated GPUs, with shapes the
+/// fused GEMM + reduce-scatter kernel takes (`kernels/overlap/gemm_rs.cu`: 64 tokens per rank;
+/// tests/overlap_emu.rs shows these shapes take the fused kernel), against the CPU backend
+/// (whose communicator runs the unfused GEMM then reduce-scatter).
+#[test]
+fn row_parallel_sp_forward_with_the_fused_gemm_reduce_scatter_matches_the_cpu_backend() {
+    use ferrotron::parallel::tp::{RowParallelConfig, RowParallelLinear};
+    if !kernels::kernels_built() {
+        assert!(
+            std::env::var("FERROTRON_REQUIRE_KERNELS").as_deref() != Ok("1"),
+            "FERROTRON_REQUIRE_KERNELS=1 but the kernels were not built"
+        );
+        println!("skipped: kernels not built (no nvcc)");
+        return;
+    }
+    const TL: usize = 64;
+    const IN: usize = 64;
+    const OUT: usize = 64;
+    fn rank(dev: &Device, comm: &dyn Communicator) -> Result<Vec<f64>> {
+        let streams = TpStreams::new(dev)?;
+        let t = |seed: u64, dims: &[usize], scale: f64| {
+            let n = dims.iter().product();
+            Tensor::from_f64(dev, &random_vec(seed, n, -scale, scale), dims, DType::BF16)
+        };
+        let (w, b) = (t(51, &[OUT, IN], 0.3)?, t(52, &[OUT], 0.2)?);
+        let cfg = RowParallelConfig {
+            sequence_parallel: true,
+            ..RowParallelConfig::new(IN, OUT)
+        };
+        let layer = RowParallelLinear::from_full(&streams, comm, cfg, &w, Some(&b))?;
+        // input_is_parallel: this rank's columns of every token.
+        let xs = random_vec(53, P * TL * IN, -1.0, 1.0);
+        let cols = IN / P;
+        let c0 = comm.rank() * cols;
+        let xr: Vec<f64> = (0..P * TL)
+            .flat_map(|row| xs[row * IN + c0..row * IN + c0 + cols].to_vec())
+            .collect();
+        let x = Tensor::from_f64(dev, &xr, [P * TL, cols], DType::BF16)?;
+        let mut out = Vec::new();
+        // Twice: the second call reuses the staging buffers (epochs).
+        for _ in 0..2 {
+            let y = layer.forward(&streams, comm, &x)?;
+            streams.synchronize()?;
+            out.extend(y.to_f64_vec(&streams.compute)?);
+        }
+        Ok(out)
+    }
+    watchdog(300, "row_parallel_sp_fused_forward", || {
+        let cpu = launch(P, BackendKind::Cpu, |ctx| rank(&ctx.device, &ctx.comm)).expect("cpu");
+        let devices: Vec<Device> = (0..P).map(|i| Device::emu(i).expect("emu")).collect();
+        let emu = peer::launch(&devices, PeerConfig::default(), |ctx| {
+            rank(&ctx.device, &ctx.comm)
+        })
+        .unwrap_or_else(|e| panic!("emulated GPUs: {e}"));
+        for r in 0..P {
+            assert_eq!(emu[r].len(), 2 * TL * OUT);
+            let tol = Tolerance::for_reduction(DType::BF16, IN).scaled(2.0);
+            let c = compare(&emu[r], &cpu[r], tol);
+            assert!(c.pass, "rank {r}: emu vs cpu {c}");
+        }
+    });
+}

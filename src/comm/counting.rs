@@ -108,6 +108,15 @@ impl<T: Communicator + ?Sized> Communicator for &T {
     ) -> Result<Work> {
         (**self).all_gather_gemm(stream, x, w, y, epilogue)
     }
+    fn gemm_reduce_scatter(
+        &self,
+        stream: &Stream,
+        x: &Tensor,
+        w: &Tensor,
+        y: &mut Tensor,
+    ) -> Result<Work> {
+        (**self).gemm_reduce_scatter(stream, x, w, y)
+    }
     fn all_gather_v(
         &self,
         stream: &Stream,
@@ -171,6 +180,20 @@ impl Communicator for Counting<'_> {
         let gathered = x.numel() * self.inner.size();
         self.counts.add_elems(&self.counts.all_gather, x, gathered);
         self.inner.all_gather_gemm(stream, x, w, y, epilogue)
+    }
+    /// Counted as the reduce-scatter it contains (the partial product's bytes), then forwarded
+    /// (fused where the inner communicator fuses it).
+    fn gemm_reduce_scatter(
+        &self,
+        stream: &Stream,
+        x: &Tensor,
+        w: &Tensor,
+        y: &mut Tensor,
+    ) -> Result<Work> {
+        let partial = y.numel() * self.inner.size();
+        self.counts
+            .add_elems(&self.counts.reduce_scatter, y, partial);
+        self.inner.gemm_reduce_scatter(stream, x, w, y)
     }
     fn all_gather_v(
         &self,

@@ -150,6 +150,28 @@ pub trait Communicator: Send + Sync {
         all_gather_then_gemm(self, stream, x, w, y, epilogue)
     }
 
+    /// The GEMM + reduce-scatter of a row-parallel layer under sequence parallelism: `y`
+    /// (`[m_local, n]`) is block `rank` (of `size` blocks of rows) of the sum over the ranks of
+    /// `x w^T`, where each rank's `x` is `[size * m_local, k]` and `w` is `[n, k]`; every rank
+    /// calls it.
+    ///
+    /// Default: [`gemm_then_reduce_scatter`] (the GEMM into a temporary, then
+    /// [`Communicator::reduce_scatter`], both on `stream`). A backend that can overlap the two
+    /// overrides it (the peer communicator runs `kernels/overlap/gemm_rs.cu`: each finished tile
+    /// goes straight to the rank owning its rows) with bitwise the same result as its default.
+    /// The returned work completes after the reduction.
+    ///
+    /// Errors: those of the GEMM and the reduce-scatter (shapes, dtypes, devices).
+    fn gemm_reduce_scatter(
+        &self,
+        stream: &Stream,
+        x: &Tensor,
+        w: &Tensor,
+        y: &mut Tensor,
+    ) -> Result<Work> {
+        gemm_then_reduce_scatter(self, stream, x, w, y)
+    }
+
     /// In place: every rank's `buf` becomes the reduction of all ranks' `buf`.
     fn all_reduce(&self, stream: &Stream, buf: &mut Tensor, op: ReduceOp) -> Result<Work>;
     /// `output` (size x input count) is the concatenation of every rank's `input`, in rank order.
@@ -235,6 +257,39 @@ pub fn all_gather_then_gemm<C: Communicator + ?Sized>(
         stream.clone(),
         work.status,
     ))
+}
+
+/// The unfused [`Communicator::gemm_reduce_scatter`] (its default): `x w^T` (`x` `[size *
+/// m_local, k]`, `w` `[n, k]`) into a new `[size * m_local, n]` tensor with [`crate::ops::gemm`],
+/// then its reduce-scatter (sum) along the rows into `y` (`[m_local, n]`), both on `stream`.
+pub fn gemm_then_reduce_scatter<C: Communicator + ?Sized>(
+    comm: &C,
+    stream: &Stream,
+    x: &Tensor,
+    w: &Tensor,
+    y: &mut Tensor,
+) -> Result<Work> {
+    const OP: &str = "gemm_reduce_scatter";
+    let (&[m, _], &[n, _]) = (x.dims(), w.dims()) else {
+        return Err(Error::invalid(
+            OP,
+            "x, w",
+            format!(
+                "must be 2-D ([size * m_local, k] and [n, k]), got {:?} and {:?}",
+                x.dims(),
+                w.dims()
+            ),
+        ));
+    };
+    let mut partial = Tensor::poisoned(stream.device(), [m, n], x.dtype())?;
+    let args = Gemm {
+        ta: Transpose::N,
+        tb: Transpose::T,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    crate::ops::gemm(stream, x, w, &mut partial, &args)?;
+    comm.reduce_scatter(stream, &partial, y, ReduceOp::Sum)
 }
 
 /// Validates the per-rank counts of a `_v` collective.

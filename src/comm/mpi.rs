@@ -597,6 +597,7 @@ fn op_code(op: CollOp) -> u64 {
         CollOp::Recv => 7,
         CollOp::Split => 8,
         CollOp::AllGatherGemm => 9,
+        CollOp::GemmReduceScatter => 10,
     }
 }
 
@@ -610,6 +611,8 @@ fn op_of(code: u64) -> Option<CollOp> {
         6 => CollOp::Send,
         7 => CollOp::Recv,
         8 => CollOp::Split,
+        9 => CollOp::AllGatherGemm,
+        10 => CollOp::GemmReduceScatter,
         _ => return None,
     })
 }

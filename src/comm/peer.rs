@@ -79,6 +79,9 @@ const MODULE: &str = "comm/peer";
 const MAX_CTAS: u32 = 8;
 /// The image of `kernels/overlap/ag_gemm.cu`.
 const OVERLAP_MODULE: &str = "overlap/ag_gemm";
+
+/// The GEMM + reduce-scatter kernels' image.
+const GEMM_RS_MODULE: &str = "overlap/gemm_rs";
 /// Shared-memory stages and K depth of the GEMM tiles (`STAGES`, `BK` in gemm_core.cuh).
 const GEMM_STAGES: usize = 3;
 const GEMM_BK: usize = 32;
@@ -305,6 +308,9 @@ struct Launch {
 /// the stream worker).
 #[derive(Clone, Debug)]
 struct AgGemmLaunch {
+    /// The GEMM's `a` (GEMM + reduce-scatter: this rank's `x`; 0 for all-gather + GEMM, whose
+    /// rows come from the staging buffers).
+    a: u64,
     w: u64,
     y: u64,
     bias: u64,
@@ -611,6 +617,7 @@ impl PeerComm {
             module: OVERLAP_MODULE,
             epoch_block: 0,
             gemm: Some(AgGemmLaunch {
+                a: 0,
                 w: Self::addr(w),
                 y: Self::addr(y),
                 bias,
@@ -644,6 +651,99 @@ impl PeerComm {
             root: 0,
         };
         Some((sig, vec![stage, gemm, done]))
+    }
+
+    /// The launches of a fused GEMM + reduce-scatter (`kernels/overlap/gemm_rs.cu`) of `x`
+    /// (`[world * m_local, k]`), `w` (`[n, k]`) into `y` (`[m_local, n]`), or `None` when the
+    /// operands do not fit it (then the caller runs the unfused default).
+    fn gemm_rs_plan(&self, x: &Tensor, w: &Tensor, y: &Tensor) -> Option<(Signature, Vec<Launch>)> {
+        let here = self.device();
+        let ok = |t: &Tensor| t.dtype() == DType::BF16 && here.compatible(t.device());
+        if !(ok(x) && ok(w) && ok(y)) {
+            return None;
+        }
+        let (&[m, k], &[n, kw], &[m_local, ny]) = (x.dims(), w.dims(), y.dims()) else {
+            return None;
+        };
+        let world = self.size();
+        if kw != k || ny != n || m != world * m_local || m_local == 0 || n == 0 || k == 0 {
+            return None;
+        }
+        if k % 8 != 0 || Self::addr(x) % 16 != 0 || Self::addr(w) % 16 != 0 {
+            return None;
+        }
+        if world * m_local * n * 2 > self.group.config.staging_bytes {
+            return None;
+        }
+        let (bm, bn, threads, suffix) = if m >= 128 && n >= 128 && m_local % 128 == 0 {
+            (128, 128, 256, "")
+        } else if m_local % 64 == 0 {
+            (64, 64, 128, "_small")
+        } else {
+            return None;
+        };
+        let gx = u32::try_from(n.div_ceil(bn)).ok()?;
+        let gy = u32::try_from(m / bm).ok().filter(|&g| g <= 65535)?;
+        let sig = Signature {
+            op: CollOp::GemmReduceScatter,
+            dtype: Some(DType::BF16),
+            counts: vec![m_local, k, n].into(),
+            root: None,
+            redop: None,
+        };
+        let plain =
+            |function: &str, epoch_block: u64, module: &'static str, count: u64, output| Launch {
+                module,
+                epoch_block,
+                gemm: None,
+                function: function.into(),
+                input: 0,
+                output,
+                count,
+                offsets: Vec::new(),
+                root: 0,
+            };
+        let gemm = Launch {
+            gemm: Some(AgGemmLaunch {
+                a: Self::addr(x),
+                w: Self::addr(w),
+                y: 0,
+                bias: 0,
+                m_local: m_local as u64,
+                n: n as u64,
+                k: k as u64,
+                shape: LaunchShape {
+                    grid: [gx, gy, 1],
+                    block: [threads, 1, 1],
+                    dynamic_shared: (GEMM_STAGES * (bm + bn) * GEMM_BK * 2) as u32,
+                },
+            }),
+            ..plain(
+                &format!("ft_gemm_rs_nt_bf16{suffix}"),
+                0,
+                GEMM_RS_MODULE,
+                0,
+                0,
+            )
+        };
+        let count = (m_local * n) as u64;
+        Some((
+            sig,
+            vec![
+                gemm,
+                // Every tile has landed in its owner's staging buffer.
+                plain("ft_peer_barrier", 0, MODULE, 0, 0),
+                plain(
+                    "ft_gemm_rs_reduce_bf16",
+                    1,
+                    GEMM_RS_MODULE,
+                    count,
+                    Self::addr(y),
+                ),
+                // Done: no rank pushes its next call's tiles while an owner still reduces.
+                plain("ft_peer_barrier", 1, MODULE, 0, 0),
+            ],
+        ))
     }
 
     fn all_gather_impl(
@@ -793,7 +893,7 @@ fn run_call(
                 Some(g) => {
                     let (m_local, n, k) = (g.m_local as usize, g.n as usize, g.k as usize);
                     let p = FtAgGemmParams {
-                        gemm: gemm_params(0, g.w, g.y, g.bias, 0, world * m_local, n, k, 1.0),
+                        gemm: gemm_params(g.a, g.w, g.y, g.bias, 0, world * m_local, n, k, 1.0),
                         table: res.table.addr() as usize as *mut u64,
                         rank: me as u64,
                         world: world as u64,
@@ -976,6 +1076,34 @@ impl Communicator for PeerComm {
             sig,
             0,
             &reads,
+            &[("y", &*y)],
+            launches,
+        )
+    }
+
+    /// Fused (`kernels/overlap/gemm_rs.cu`: each finished tile is stored straight into the
+    /// staging buffer of the rank owning its rows, which then adds the ranks' tiles in rank order)
+    /// when the operands allow it (bf16, `k % 8 == 0`, 16-byte aligned `x` and `w`, a tile
+    /// height of 128 or 64 dividing `m_local`, `world * m_local * n` within the staging buffer),
+    /// else the default [`super::gemm_then_reduce_scatter`]; bitwise the same result either way.
+    /// Every rank must take the same path, else the call fails with
+    /// [`Error::CollectiveMismatch`].
+    fn gemm_reduce_scatter(
+        &self,
+        stream: &Stream,
+        x: &Tensor,
+        w: &Tensor,
+        y: &mut Tensor,
+    ) -> Result<Work> {
+        let Some((sig, launches)) = self.gemm_rs_plan(x, w, y) else {
+            return super::gemm_then_reduce_scatter(self, stream, x, w, y);
+        };
+        self.enqueue(
+            stream,
+            "gemm_reduce_scatter",
+            sig,
+            0,
+            &[("x", x), ("w", w)],
             &[("y", &*y)],
             launches,
         )

@@ -38,6 +38,9 @@ pub enum CollOp {
     Split,
     /// All-gather fused with the GEMM that consumes it ([`super::Communicator::all_gather_gemm`]).
     AllGatherGemm,
+    /// GEMM fused with the reduce-scatter of its result
+    /// ([`super::Communicator::gemm_reduce_scatter`]).
+    GemmReduceScatter,
 }
 
 impl CollOp {
@@ -53,6 +56,7 @@ impl CollOp {
             CollOp::Recv => "recv",
             CollOp::Split => "split",
             CollOp::AllGatherGemm => "all_gather_gemm",
+            CollOp::GemmReduceScatter => "gemm_reduce_scatter",
         }
     }
 }

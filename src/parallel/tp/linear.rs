@@ -11,7 +11,7 @@
 //! | layer | weight shard | forward | backward |
 //! |-------|--------------|---------|----------|
 //! | column | `[out/p, in]` (rows block `r`) | `x` (all-gathered along the tokens under SP, fused with the GEMM: [`Communicator::all_gather_gemm`]) `W_r^T + b_r`; optionally gathered along the last dimension | `dx = sum_r dy_r W_r` (all-reduce, or reduce-scatter under SP), **overlapped** with `dW_r += dy_r^T x` |
-//! | row | `[out, in/p]` (columns block `r`) | `sum_r x_r W_r^T` (all-reduce, or reduce-scatter under SP) `+ b` | `dx_r = dy W_r` (dy all-gathered under SP), `dW_r += dy^T x_r` |
+//! | row | `[out, in/p]` (columns block `r`) | `sum_r x_r W_r^T` (all-reduce, or under SP reduce-scatter fused with the GEMM: [`Communicator::gemm_reduce_scatter`]) `+ b` | `dx_r = dy W_r` (dy all-gathered under SP), `dW_r += dy^T x_r` |
 //!
 //! Conventions:
 //! - **Parameters and gradients.** A layer owns its weight and bias shards (f32 or bf16, the
@@ -1248,25 +1248,26 @@ impl RowParallelLinear {
         let (p, dtype, out) = (self.tp_size, self.dtype(), self.config.output_size);
         let split = self.split_input(streams, x)?;
         let x_r = split.as_ref().unwrap_or(x);
-        let mut partial = gemm_bias(streams, x_r, &self.params.weight, None)?;
         let reduced = if p == 1 {
-            partial
-        } else {
+            gemm_bias(streams, x_r, &self.params.weight, None)?
+        } else if self.config.sequence_parallel {
+            // The GEMM and the reduce-scatter in one call on comm: the communicator may overlap
+            // them (the peer communicator's fused kernel), with the same result.
+            let mut y = poisoned(streams, [t / p, out], dtype)?;
             streams.comm_after_compute()?;
-            let y = if self.config.sequence_parallel {
-                let mut y = poisoned(streams, [t / p, out], dtype)?;
-                streams.span(&streams.comm, "fwd: reduce_scatter y", || {
-                    comm.reduce_scatter(&streams.comm, &partial, &mut y, ReduceOp::Sum)
-                })?;
-                y
-            } else {
-                streams.span(&streams.comm, "fwd: all_reduce y", || {
-                    comm.all_reduce(&streams.comm, &mut partial, ReduceOp::Sum)
-                })?;
-                partial
-            };
+            streams.span(&streams.comm, "fwd: gemm + reduce_scatter y", || {
+                comm.gemm_reduce_scatter(&streams.comm, x_r, &self.params.weight, &mut y)
+            })?;
             streams.compute_after_comm()?;
             y
+        } else {
+            let mut partial = gemm_bias(streams, x_r, &self.params.weight, None)?;
+            streams.comm_after_compute()?;
+            streams.span(&streams.comm, "fwd: all_reduce y", || {
+                comm.all_reduce(&streams.comm, &mut partial, ReduceOp::Sum)
+            })?;
+            streams.compute_after_comm()?;
+            partial
         };
         match self
             .params
