@@ -361,6 +361,12 @@ fn bench_comm(what: BenchWhat) -> Result<(), String> {
         cfg.max_bytes,
         ferrotron::bench::memcpy_gbps(cfg.max_bytes)
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "# baseline: {cores}-thread memcpy of {} bytes: {:.2} GB/s (all cores at once: the memory's rate)",
+        cfg.max_bytes,
+        ferrotron::bench::memcpy_parallel_gbps(cfg.max_bytes, cores)
+    );
     println!(
         "# out of bounds values : {wrong} {}",
         if wrong == 0 { "OK" } else { "FAILED" }
