@@ -147,28 +147,21 @@ fn bias_gelu_exports_its_entries() {
     );
 }
 
-#[test]
-fn ag_gemm_exports_its_entries() {
-    if !should_check() {
-        return;
-    }
-    let img = kernels::image("overlap/ag_gemm").unwrap_or_else(|e| panic!("{e}"));
+/// Image `name` exports exactly `want`.
+fn exports_exactly(name: &str, want: &[&str]) {
+    let img = kernels::image(name).unwrap_or_else(|e| panic!("{e}"));
     let mut entries = img.entries();
     entries.sort();
-    let mut want = AG_GEMM_ENTRIES.to_vec();
+    let mut want = want.to_vec();
     want.sort();
-    assert_eq!(entries, want, "overlap/ag_gemm entry points");
+    assert_eq!(entries, want, "{name} entry points");
 }
 
 #[test]
-fn gemm_rs_exports_its_entries() {
+fn overlap_kernels_export_their_entries() {
     if !should_check() {
         return;
     }
-    let img = kernels::image("overlap/gemm_rs").unwrap_or_else(|e| panic!("{e}"));
-    let mut entries = img.entries();
-    entries.sort();
-    let mut want = GEMM_RS_ENTRIES.to_vec();
-    want.sort();
-    assert_eq!(entries, want, "overlap/gemm_rs entry points");
+    exports_exactly("overlap/ag_gemm", &AG_GEMM_ENTRIES);
+    exports_exactly("overlap/gemm_rs", &GEMM_RS_ENTRIES);
 }

@@ -96,47 +96,86 @@ fn same_bits(a: &[f64], b: &[f64]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
+/// A per-rank scenario: every call's (fused, unfused) outputs on this rank.
+type Scenario = fn(usize, usize, &Device, &dyn Communicator) -> Out;
+
+/// Runs `scenario` on 2, 3 and 4 emulated GPUs (the peer communicator) and on as many thread
+/// ranks (CPU), and checks every call of every rank: `len(world, call)` finite values, fused ==
+/// unfused bitwise on the emulated GPUs and on the CPU (whose default is the unfused path
+/// itself), and the emulated result within `tol(call)` of the CPU's.
+fn on_2_3_4_gpus(
+    scenario: Scenario,
+    len: impl Fn(usize, usize) -> usize,
+    tol: impl Fn(usize, usize) -> Tolerance,
+    describe: impl Fn(usize) -> String,
+) {
+    for (world, ctas) in [(2usize, 2u32), (3, 1), (4, 4)] {
+        let t0 = Instant::now();
+        let config = PeerConfig {
+            comm: short(),
+            ctas,
+            ..PeerConfig::default()
+        };
+        let emu = peer::launch(&devices(world), config, |ctx| {
+            Ok(scenario(ctx.rank, world, &ctx.device, &ctx.comm))
+        })
+        .unwrap();
+        let cpu = launch_with(world, BackendKind::Cpu, short(), |ctx| {
+            Ok(scenario(ctx.rank, world, &ctx.device, &ctx.comm))
+        })
+        .unwrap();
+        for rank in 0..world {
+            for (call, ((fused, plain), (cpu_fused, cpu_plain))) in
+                emu[rank].iter().zip(&cpu[rank]).enumerate()
+            {
+                let what = format!(
+                    "world {world}, rank {rank}, call {call} ({})",
+                    describe(call)
+                );
+                assert_eq!(fused.len(), len(world, call), "{what}");
+                assert!(fused.iter().all(|v| v.is_finite()), "{what}: non-finite");
+                assert!(same_bits(fused, plain), "{what}: fused != unfused on emu");
+                assert!(same_bits(cpu_fused, cpu_plain), "{what}: cpu paths differ");
+                let c = compare(fused, cpu_fused, tol(world, call));
+                assert!(c.pass, "{what}: emu vs cpu {c}");
+            }
+        }
+        eprintln!("world {world}: {:.1} s", t0.elapsed().as_secs_f64());
+    }
+}
+
+/// On 2 emulated GPUs, `run(m_local)` has rank 0 call the fused operation and rank 1 the unfused
+/// default: at a tile-aligned `m_local` (64) that must be a collective mismatch (proof the fused
+/// kernel runs), at 24 (no tile divides it) both take the unfused path and agree.
+fn fused_only_when_tile_aligned(run: impl Fn(usize) -> ferrotron::Result<Vec<()>>) {
+    match run(64) {
+        Err(Error::RankFailed { error, .. }) => assert!(
+            matches!(*error, Error::CollectiveMismatch { .. }),
+            "{error}"
+        ),
+        Err(e) => panic!("expected a mismatch, got {e}"),
+        Ok(_) => panic!("m_local 64 did not take the fused kernel"),
+    }
+    run(24).expect("m_local 24: both ranks unfused");
+}
+
 #[test]
 fn all_gather_gemm_on_2_3_4_emulated_gpus_equals_unfused_and_the_threads_backend() {
     if !kernels_or_skip("all_gather_gemm") {
         return;
     }
     watchdog(1200, "all_gather_gemm", || {
-        for (world, ctas) in [(2usize, 2u32), (3, 1), (4, 4)] {
-            let t0 = Instant::now();
-            let config = PeerConfig {
-                comm: short(),
-                ctas,
-                ..PeerConfig::default()
-            };
-            let devs = devices(world);
-            let emu = peer::launch(&devs, config, |ctx| {
-                Ok(scenario(ctx.rank, world, &ctx.device, &ctx.comm))
-            })
-            .unwrap();
-            let cpu = launch_with(world, BackendKind::Cpu, short(), |ctx| {
-                Ok(scenario(ctx.rank, world, &ctx.device, &ctx.comm))
-            })
-            .unwrap();
-            for rank in 0..world {
-                for (call, ((fused, plain), (cpu_fused, cpu_plain))) in
-                    emu[rank].iter().zip(&cpu[rank]).enumerate()
-                {
-                    let (m_local, k, n, _) = CASES[call % CASES.len()];
-                    let what =
-                        format!("world {world}, rank {rank}, call {call} ({m_local}x{k}x{n})");
-                    assert_eq!(fused.len(), world * m_local * n, "{what}");
-                    assert!(fused.iter().all(|v| v.is_finite()), "{what}: non-finite");
-                    assert!(same_bits(fused, plain), "{what}: fused != unfused on emu");
-                    // The threads backend's default is the unfused path itself.
-                    assert!(same_bits(cpu_fused, cpu_plain), "{what}: cpu paths differ");
-                    let tol = Tolerance::for_reduction(DType::BF16, k).scaled(2.0);
-                    let c = compare(fused, cpu_fused, tol);
-                    assert!(c.pass, "{what}: emu vs cpu {c}");
-                }
-            }
-            eprintln!("world {world}: {:.1} s", t0.elapsed().as_secs_f64());
-        }
+        on_2_3_4_gpus(
+            scenario,
+            |world, call| world * CASES[call % CASES.len()].0 * CASES[call % CASES.len()].2,
+            |_, call| {
+                Tolerance::for_reduction(DType::BF16, CASES[call % CASES.len()].1).scaled(2.0)
+            },
+            |call| {
+                let (m_local, k, n, _) = CASES[call % CASES.len()];
+                format!("{m_local}x{k}x{n}")
+            },
+        );
     });
 }
 
@@ -179,15 +218,7 @@ fn tile_aligned_shapes_take_the_fused_kernel() {
                 work.wait()
             })
         };
-        match run(64) {
-            Err(Error::RankFailed { error, .. }) => assert!(
-                matches!(*error, Error::CollectiveMismatch { .. }),
-                "{error}"
-            ),
-            Err(e) => panic!("expected a mismatch, got {e}"),
-            Ok(_) => panic!("m_local 64 did not take the fused kernel"),
-        }
-        run(24).expect("m_local 24: both ranks unfused");
+        fused_only_when_tile_aligned(run);
     });
 }
 
@@ -242,41 +273,19 @@ fn gemm_reduce_scatter_on_2_3_4_emulated_gpus_equals_unfused_and_the_threads_bac
         return;
     }
     watchdog(1200, "gemm_reduce_scatter", || {
-        for (world, ctas) in [(2usize, 2u32), (3, 1), (4, 4)] {
-            let t0 = Instant::now();
-            let config = PeerConfig {
-                comm: short(),
-                ctas,
-                ..PeerConfig::default()
-            };
-            let emu = peer::launch(&devices(world), config, |ctx| {
-                Ok(rs_scenario(ctx.rank, world, &ctx.device, &ctx.comm))
-            })
-            .unwrap();
-            let cpu = launch_with(world, BackendKind::Cpu, short(), |ctx| {
-                Ok(rs_scenario(ctx.rank, world, &ctx.device, &ctx.comm))
-            })
-            .unwrap();
-            for rank in 0..world {
-                for (call, ((fused, plain), (cpu_fused, cpu_plain))) in
-                    emu[rank].iter().zip(&cpu[rank]).enumerate()
-                {
-                    let (m_local, k, n) = RS_CASES[call % RS_CASES.len()];
-                    let what =
-                        format!("world {world}, rank {rank}, call {call} ({m_local}x{k}x{n})");
-                    assert_eq!(fused.len(), m_local * n, "{what}");
-                    assert!(fused.iter().all(|v| v.is_finite()), "{what}: non-finite");
-                    assert!(same_bits(fused, plain), "{what}: fused != unfused on emu");
-                    assert!(same_bits(cpu_fused, cpu_plain), "{what}: cpu paths differ");
-                    // The sum over ranks of bf16 partial products: the tolerance of a reduction
-                    // over k * world terms.
-                    let tol = Tolerance::for_reduction(DType::BF16, k * world).scaled(2.0);
-                    let c = compare(fused, cpu_fused, tol);
-                    assert!(c.pass, "{what}: emu vs cpu {c}");
-                }
-            }
-            eprintln!("world {world}: {:.1} s", t0.elapsed().as_secs_f64());
-        }
+        on_2_3_4_gpus(
+            rs_scenario,
+            |_, call| RS_CASES[call % RS_CASES.len()].0 * RS_CASES[call % RS_CASES.len()].2,
+            // The sum over ranks of bf16 partial products: a reduction over k * world terms.
+            |world, call| {
+                Tolerance::for_reduction(DType::BF16, RS_CASES[call % RS_CASES.len()].1 * world)
+                    .scaled(2.0)
+            },
+            |call| {
+                let (m_local, k, n) = RS_CASES[call % RS_CASES.len()];
+                format!("{m_local}x{k}x{n}")
+            },
+        );
     });
 }
 
@@ -318,14 +327,6 @@ fn tile_aligned_shapes_take_the_fused_gemm_reduce_scatter() {
                 work.wait()
             })
         };
-        match run(64) {
-            Err(Error::RankFailed { error, .. }) => assert!(
-                matches!(*error, Error::CollectiveMismatch { .. }),
-                "{error}"
-            ),
-            Err(e) => panic!("expected a mismatch, got {e}"),
-            Ok(_) => panic!("m_local 64 did not take the fused kernel"),
-        }
-        run(24).expect("m_local 24: both ranks unfused");
+        fused_only_when_tile_aligned(run);
     });
 }

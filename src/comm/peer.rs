@@ -586,15 +586,7 @@ impl PeerComm {
             Epilogue::Bias(b) if ok(b) && b.numel() == n => ("bias", Self::addr(b)),
             _ => return None,
         };
-        let (bm, bn, threads, suffix) = if m >= 128 && n >= 128 && m_local % 128 == 0 {
-            (128, 128, 256, "")
-        } else if m_local % 64 == 0 {
-            (64, 64, 128, "_small")
-        } else {
-            return None;
-        };
-        let gx = u32::try_from(n.div_ceil(bn)).ok()?;
-        let gy = u32::try_from(m / bm).ok().filter(|&g| g <= 65535)?;
+        let (shape, suffix) = overlap_tile(m, n, m_local)?;
         let sig = Signature {
             op: CollOp::AllGatherGemm,
             dtype: Some(DType::BF16),
@@ -624,11 +616,7 @@ impl PeerComm {
                 m_local: m_local as u64,
                 n: n as u64,
                 k: k as u64,
-                shape: LaunchShape {
-                    grid: [gx, gy, 1],
-                    block: [threads, 1, 1],
-                    dynamic_shared: (GEMM_STAGES * (bm + bn) * GEMM_BK * 2) as u32,
-                },
+                shape,
             }),
             function: format!("ft_ag_gemm_nt_{epi}_bf16{suffix}"),
             input: 0,
@@ -675,15 +663,7 @@ impl PeerComm {
         if world * m_local * n * 2 > self.group.config.staging_bytes {
             return None;
         }
-        let (bm, bn, threads, suffix) = if m >= 128 && n >= 128 && m_local % 128 == 0 {
-            (128, 128, 256, "")
-        } else if m_local % 64 == 0 {
-            (64, 64, 128, "_small")
-        } else {
-            return None;
-        };
-        let gx = u32::try_from(n.div_ceil(bn)).ok()?;
-        let gy = u32::try_from(m / bm).ok().filter(|&g| g <= 65535)?;
+        let (shape, suffix) = overlap_tile(m, n, m_local)?;
         let sig = Signature {
             op: CollOp::GemmReduceScatter,
             dtype: Some(DType::BF16),
@@ -712,11 +692,7 @@ impl PeerComm {
                 m_local: m_local as u64,
                 n: n as u64,
                 k: k as u64,
-                shape: LaunchShape {
-                    grid: [gx, gy, 1],
-                    block: [threads, 1, 1],
-                    dynamic_shared: (GEMM_STAGES * (bm + bn) * GEMM_BK * 2) as u32,
-                },
+                shape,
             }),
             ..plain(
                 &format!("ft_gemm_rs_nt_bf16{suffix}"),
@@ -1145,6 +1121,29 @@ impl Communicator for PeerComm {
             backend: "peer communicator (not implemented)".into(),
         })
     }
+}
+
+/// The GEMM tile of an overlap kernel over `m = world * m_local` rows and `n` columns: the
+/// 128 x 128 tile (8 warps) when `m`, `n` >= 128 and 128 divides `m_local`, else the 64 x 64 tile
+/// (4 warps) when 64 divides it (a tile's rows then belong to one rank), else `None` (the caller
+/// runs the unfused path). Returns the launch shape (one CTA per output tile, the pipeline's
+/// dynamic shared memory) and the entry point's suffix.
+fn overlap_tile(m: usize, n: usize, m_local: usize) -> Option<(LaunchShape, &'static str)> {
+    let (bm, bn, threads, suffix) = if m >= 128 && n >= 128 && m_local % 128 == 0 {
+        (128, 128, 256, "")
+    } else if m_local % 64 == 0 {
+        (64, 64, 128, "_small")
+    } else {
+        return None;
+    };
+    let gx = u32::try_from(n.div_ceil(bn)).ok()?;
+    let gy = u32::try_from(m / bm).ok().filter(|&g| g <= 65535)?;
+    let shape = LaunchShape {
+        grid: [gx, gy, 1],
+        block: [threads, 1, 1],
+        dynamic_shared: (GEMM_STAGES * (bm + bn) * GEMM_BK * 2) as u32,
+    };
+    Some((shape, suffix))
 }
 
 /// What a rank's closure gets from [`launch`].
