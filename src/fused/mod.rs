@@ -42,17 +42,17 @@
 //! leading dimensions), and a [`Bcast::Scalar`] is an `f32` value (rounded to its declared
 //! type). The launch shape is the generated kernel's ([`Kernel::launch`]).
 
+pub(crate) mod launch;
 pub mod nvrtc;
 
 pub use nvrtc::Nvrtc;
 
 use crate::backend::cpu::Locked;
-use crate::backend::emu::LaunchShape;
 use crate::device::BackendKind;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::launch::{enqueue_host, prepare_kernel};
-use crate::stream::{Stream, StreamImpl};
+use crate::stream::Stream;
 use crate::tensor::{HostData, Tensor};
 use codegen::cache::{PtxCache, RunError};
 use codegen::emit::Kernel;
@@ -448,88 +448,21 @@ impl<'a> Bind<'a> {
         }
         let writes = [("out", &*out)];
         prepare_kernel(stream, OP, &reads, &writes)?;
-        let (grid, block, shared) = k.launch(rows, cols);
-        let key = format!("fused/{}", k.name);
-        match stream.imp() {
-            StreamImpl::Cpu(_) if stream.device().kind() == BackendKind::Emu => {
-                let dev = stream
-                    .device()
-                    .emu_state()
-                    .ok_or_else(|| crate::ops::unsupported(OP, stream))?
-                    .clone();
-                dev.load_ptx(&key, &f.ptx)?;
-                let ptrs: Vec<u64> = reads.iter().map(|(_, t)| t.buffer().emu().addr()).collect();
-                let params = k.params(
-                    &ptrs,
-                    out.buffer().emu().addr(),
-                    rows as u64,
-                    cols as u64,
-                    &scalars,
-                );
-                let keep: Vec<_> = reads
-                    .iter()
-                    .chain(&writes)
-                    .map(|(_, t)| t.buffer().clone())
-                    .collect();
-                let name = k.name.clone();
-                let shape = LaunchShape {
-                    grid: [grid, 1, 1],
-                    block: [block, 1, 1],
-                    dynamic_shared: shared,
-                };
-                stream.push_host(OP, move || {
-                    let _keep = keep;
-                    dev.launch_with(&key, &name, &params, shape).map(|_| ())
-                });
-                Ok(())
-            }
-            StreamImpl::Cpu(_) => {
-                let nodes = f.nodes.clone();
-                let root = f.root;
-                enqueue_host(stream, OP, &reads, &writes, move |l| {
-                    evaluate_on_host(l, &nodes, root, &plan, rows, cols)
-                });
-                Ok(())
-            }
-            StreamImpl::Cuda(s) => {
-                let dev = stream
-                    .device()
-                    .cuda_state()
-                    .ok_or_else(|| crate::ops::unsupported(OP, stream))?;
-                let func = dev.function_from_ptx(&key, &f.ptx, &k.name)?;
-                let ptrs: Vec<u64> = reads
-                    .iter()
-                    .map(|(_, t)| t.buffer().cuda().ptr(s))
-                    .collect();
-                let out_ptr = out.buffer().cuda().ptr(s);
-                let (rows64, cols64) = (rows as u64, cols as u64);
-                let cfg = cudarc::driver::LaunchConfig {
-                    grid_dim: (grid, 1, 1),
-                    block_dim: (block, 1, 1),
-                    shared_mem_bytes: shared,
-                };
-                use cudarc::driver::PushKernelArg;
-                let mut b = s.launch_builder(&func);
-                for p in &ptrs {
-                    b.arg(p);
-                }
-                b.arg(&out_ptr);
-                b.arg(&rows64);
-                b.arg(&cols64);
-                for v in &scalars {
-                    b.arg(v);
-                }
-                // SAFETY: the arguments match the generated kernel's parameter list exactly (see
-                // `codegen::emit`: one pointer per non-scalar input in declaration order, the
-                // output pointer, rows and cols as u64, one f32 per scalar input); every pointer
-                // addresses a live buffer of the element count validated above, kept alive past
-                // the kernel by `CudaMem`'s Drop (which orders the free after every user stream).
-                unsafe { b.launch(cfg) }.map_err(|e| {
-                    crate::backend::cuda::driver_error(&format!("cuLaunchKernel({})", k.name), e)
-                })?;
-                Ok(())
-            }
+        if stream.device().kind() == BackendKind::Cpu {
+            let nodes = f.nodes.clone();
+            let root = f.root;
+            enqueue_host(stream, OP, &reads, &writes, move |l| {
+                evaluate_on_host(l, &nodes, root, &plan, rows, cols)
+            });
+            return Ok(());
         }
+        let key = format!("fused/{}", k.name);
+        let inputs: Vec<&Tensor> = reads.iter().map(|(_, t)| *t).collect();
+        let code = launch::Code::Ptx {
+            key: &key,
+            ptx: &f.ptx,
+        };
+        launch::launch(stream, OP, code, k, &inputs, out, rows, cols, &scalars)
     }
 }
 

@@ -9,6 +9,7 @@ use crate::backend::emu::elementwise as emu;
 use crate::device::BackendKind;
 use crate::dtype::DType;
 use crate::error::Result;
+use crate::fused::launch;
 use crate::kernels::abi::FtBiasGeluBwdDbiasParams;
 use crate::stream::{Stream, StreamImpl};
 use crate::tensor::{view, view_mut, Tensor};
@@ -83,26 +84,26 @@ pub fn bias_gelu_bwd(
     if let (true, Some(db)) = (device, dbias.as_deref()) {
         return bwd_dbias_on_device(stream, dy, x, bias, dx, db, rows, cols);
     }
-    match stream.imp() {
-        StreamImpl::Cpu(_) if stream.device().kind() == BackendKind::Emu => {
-            emu::bias_gelu_bwd(stream, dy, x, bias, dx, rows, cols)
-        }
-        StreamImpl::Cpu(_) => {
-            enqueue_host(stream, OP, &reads, &writes, move |l| {
-                let (r, mut w) = l.io();
-                let mut outs = w.iter_mut();
-                let dxd = outs.next().expect("dx");
-                let dbd = outs.next();
-                float_dispatch!(dtype, T => cpu::bias_gelu_bwd::<T>(
-                    rows, cols, view(r[0]), view(r[1]), view(r[2]), view_mut(dxd),
-                    dbd.map(|d| view_mut::<T>(d)),
-                ));
-                Ok(())
-            });
-            Ok(())
-        }
-        StreamImpl::Cuda(s) => cuda::bias_gelu_bwd(stream, s, dy, x, bias, dx, rows, cols),
+    if device {
+        // dx alone: the code generator's shipped variant `dy * gelu'(x + bias[c])`.
+        let sfx = dev::suffix(OP, "x", dtype)?;
+        let k = launch::shipped(&format!("bias_gelu_bwd_{sfx}"))?;
+        let inputs = launch::in_order(OP, k, &reads)?;
+        let code = launch::Code::Image(launch::SHIPPED_MODULE);
+        return launch::launch(stream, OP, code, k, &inputs, dx, rows, cols, &[]);
     }
+    enqueue_host(stream, OP, &reads, &writes, move |l| {
+        let (r, mut w) = l.io();
+        let mut outs = w.iter_mut();
+        let dxd = outs.next().expect("dx");
+        let dbd = outs.next();
+        float_dispatch!(dtype, T => cpu::bias_gelu_bwd::<T>(
+            rows, cols, view(r[0]), view(r[1]), view(r[2]), view_mut(dxd),
+            dbd.map(|d| view_mut::<T>(d)),
+        ));
+        Ok(())
+    });
+    Ok(())
 }
 
 /// Rows per chunk of the fused backward: its f32 partial sums cost `8 / (3 * 64 * size)` of the
