@@ -162,13 +162,22 @@ impl Device {
         })
     }
 
-    /// Lets kernels on this emulated device read and write memory of emulated device `peer`
-    /// (`cudaDeviceEnablePeerAccess`). An error for other backends.
+    /// Lets kernels on this device read and write memory of device `peer`
+    /// (`cuCtxEnablePeerAccess`; both emulated or both CUDA). [`crate::Error::Unsupported`] for
+    /// other pairs, [`crate::Error::Cuda`] when two GPUs have no peer path.
     pub fn enable_peer_access(&self, peer: &Device) -> Result<()> {
         match (&self.inner.emu, peer.kind()) {
             (Some(e), BackendKind::Emu) => {
                 e.enable_peer_access(peer.ordinal() as u32);
                 Ok(())
+            }
+            (None, BackendKind::Cuda) if self.kind() == BackendKind::Cuda => {
+                match (self.cuda_state(), peer.cuda_state()) {
+                    (Some(a), Some(b)) if self.ordinal() != peer.ordinal() => {
+                        a.enable_peer_access(b)
+                    }
+                    _ => Ok(()), // the same GPU reaches its own memory
+                }
             }
             _ => Err(crate::Error::Unsupported {
                 op: "Device::enable_peer_access",

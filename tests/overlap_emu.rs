@@ -109,7 +109,26 @@ fn on_2_3_4_gpus(
     tol: impl Fn(usize, usize) -> Tolerance,
     describe: impl Fn(usize) -> String,
 ) {
-    for (world, ctas) in [(2usize, 2u32), (3, 1), (4, 4)] {
+    on_gpus(
+        &[(2, 2), (3, 1), (4, 4)],
+        devices,
+        scenario,
+        len,
+        tol,
+        describe,
+    );
+}
+
+/// [`on_2_3_4_gpus`] for the `(world, CTAs)` pairs `worlds` on the devices `devices(world)`.
+fn on_gpus(
+    worlds: &[(usize, u32)],
+    devices: impl Fn(usize) -> Vec<Device>,
+    scenario: Scenario,
+    len: impl Fn(usize, usize) -> usize,
+    tol: impl Fn(usize, usize) -> Tolerance,
+    describe: impl Fn(usize) -> String,
+) {
+    for &(world, ctas) in worlds {
         let t0 = Instant::now();
         let config = PeerConfig {
             comm: short(),
@@ -134,10 +153,10 @@ fn on_2_3_4_gpus(
                 );
                 assert_eq!(fused.len(), len(world, call), "{what}");
                 assert!(fused.iter().all(|v| v.is_finite()), "{what}: non-finite");
-                assert!(same_bits(fused, plain), "{what}: fused != unfused on emu");
+                assert!(same_bits(fused, plain), "{what}: fused != unfused");
                 assert!(same_bits(cpu_fused, cpu_plain), "{what}: cpu paths differ");
                 let c = compare(fused, cpu_fused, tol(world, call));
-                assert!(c.pass, "{what}: emu vs cpu {c}");
+                assert!(c.pass, "{what}: device vs cpu {c}");
             }
         }
         eprintln!("world {world}: {:.1} s", t0.elapsed().as_secs_f64());
@@ -159,23 +178,28 @@ fn fused_only_when_tile_aligned(run: impl Fn(usize) -> ferrotron::Result<Vec<()>
     run(24).expect("m_local 24: both ranks unfused");
 }
 
+/// Elements of call `call`'s `y` on each of `world` ranks (all-gather + GEMM).
+fn ag_len(world: usize, call: usize) -> usize {
+    world * CASES[call % CASES.len()].0 * CASES[call % CASES.len()].2
+}
+
+/// Tolerance of call `call` against the CPU (a bf16 dot product over `k`).
+fn ag_tol(_world: usize, call: usize) -> Tolerance {
+    Tolerance::for_reduction(DType::BF16, CASES[call % CASES.len()].1).scaled(2.0)
+}
+
+fn ag_describe(call: usize) -> String {
+    let (m_local, k, n, _) = CASES[call % CASES.len()];
+    format!("{m_local}x{k}x{n}")
+}
+
 #[test]
 fn all_gather_gemm_on_2_3_4_emulated_gpus_equals_unfused_and_the_threads_backend() {
     if !kernels_or_skip("all_gather_gemm") {
         return;
     }
     watchdog(1200, "all_gather_gemm", || {
-        on_2_3_4_gpus(
-            scenario,
-            |world, call| world * CASES[call % CASES.len()].0 * CASES[call % CASES.len()].2,
-            |_, call| {
-                Tolerance::for_reduction(DType::BF16, CASES[call % CASES.len()].1).scaled(2.0)
-            },
-            |call| {
-                let (m_local, k, n, _) = CASES[call % CASES.len()];
-                format!("{m_local}x{k}x{n}")
-            },
-        );
+        on_2_3_4_gpus(scenario, ag_len, ag_tol, ag_describe);
     });
 }
 
@@ -267,25 +291,28 @@ fn rs_scenario(rank: usize, world: usize, device: &Device, comm: &dyn Communicat
     out
 }
 
+/// Elements of call `call`'s `y` (GEMM + reduce-scatter).
+fn rs_len(_world: usize, call: usize) -> usize {
+    RS_CASES[call % RS_CASES.len()].0 * RS_CASES[call % RS_CASES.len()].2
+}
+
+/// The sum over ranks of bf16 partial products: a reduction over `k * world` terms.
+fn rs_tol(world: usize, call: usize) -> Tolerance {
+    Tolerance::for_reduction(DType::BF16, RS_CASES[call % RS_CASES.len()].1 * world).scaled(2.0)
+}
+
+fn rs_describe(call: usize) -> String {
+    let (m_local, k, n) = RS_CASES[call % RS_CASES.len()];
+    format!("{m_local}x{k}x{n}")
+}
+
 #[test]
 fn gemm_reduce_scatter_on_2_3_4_emulated_gpus_equals_unfused_and_the_threads_backend() {
     if !kernels_or_skip("gemm_reduce_scatter") {
         return;
     }
     watchdog(1200, "gemm_reduce_scatter", || {
-        on_2_3_4_gpus(
-            rs_scenario,
-            |_, call| RS_CASES[call % RS_CASES.len()].0 * RS_CASES[call % RS_CASES.len()].2,
-            // The sum over ranks of bf16 partial products: a reduction over k * world terms.
-            |world, call| {
-                Tolerance::for_reduction(DType::BF16, RS_CASES[call % RS_CASES.len()].1 * world)
-                    .scaled(2.0)
-            },
-            |call| {
-                let (m_local, k, n) = RS_CASES[call % RS_CASES.len()];
-                format!("{m_local}x{k}x{n}")
-            },
-        );
+        on_2_3_4_gpus(rs_scenario, rs_len, rs_tol, rs_describe);
     });
 }
 
@@ -328,5 +355,27 @@ fn tile_aligned_shapes_take_the_fused_gemm_reduce_scatter() {
             })
         };
         fused_only_when_tile_aligned(run);
+    });
+}
+
+/// Both overlap operations on real GPUs (`scripts/gpu-check.sh`): one rank per GPU on 2 to 4
+/// GPUs (the fused kernels), or, on a one-GPU machine, 2 and 3 virtual ranks on GPU 0 (ranks
+/// sharing a GPU take the unfused path: spinning GEMM CTAs could starve a peer's launch), with
+/// the same checks as on the emulator.
+#[test]
+fn overlap_on_gpus_equals_unfused_and_the_threads_backend() {
+    let gpus = common::gpus_or_skip("overlap_gpu");
+    if gpus == 0 || !kernels_or_skip("overlap_gpu") {
+        return;
+    }
+    watchdog(600, "overlap_gpu", move || {
+        let worlds: Vec<(usize, u32)> = if gpus >= 2 {
+            (2..=gpus.min(4)).map(|w| (w, 2)).collect()
+        } else {
+            vec![(2, 2), (3, 1)]
+        };
+        let devices = move |world| common::cuda_ranks(world, gpus);
+        on_gpus(&worlds, devices, scenario, ag_len, ag_tol, ag_describe);
+        on_gpus(&worlds, devices, rs_scenario, rs_len, rs_tol, rs_describe);
     });
 }

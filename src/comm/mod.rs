@@ -67,6 +67,9 @@ pub struct Work {
     event: Event,
     stream: Stream,
     status: Arc<Mutex<Option<Error>>>,
+    /// A check run once the call has completed (a GPU backend reads back what its kernels
+    /// reported, e.g. the peer communicator's abort word).
+    check: Option<Arc<dyn Fn() -> Result<()> + Send + Sync>>,
 }
 
 impl Work {
@@ -75,7 +78,14 @@ impl Work {
             event,
             stream,
             status,
+            check: None,
         }
+    }
+
+    /// This work with `check` run by [`Work::wait`] after the call completed.
+    pub(crate) fn with_check(mut self, check: Arc<dyn Fn() -> Result<()> + Send + Sync>) -> Work {
+        self.check = Some(check);
+        self
     }
 
     /// The call's own error, else the stream's (a call skipped because earlier work on its
@@ -89,8 +99,11 @@ impl Work {
         {
             return Err(e.clone());
         }
-        match self.stream.error() {
-            Some(e) => Err(e),
+        if let Some(e) = self.stream.error() {
+            return Err(e);
+        }
+        match &self.check {
+            Some(check) => check(),
             None => Ok(()),
         }
     }

@@ -139,14 +139,25 @@ unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasGeluBwdDbiasParams {}
 unsafe impl cudarc::driver::DeviceRepr for abi::FtGemmParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtPeerCollParams {}
+// SAFETY: as above (an `FtGemmParams` then pointers and `u64`s).
+unsafe impl cudarc::driver::DeviceRepr for abi::FtAgGemmParams {}
+// SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtAddParams {}
+// SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtBiasAddParams {}
+// SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtColumnSumParams {}
+// SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtLayerNormFwdParams {}
+// SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtLayerNormBwdParams {}
+// SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtSoftmaxFwdParams {}
+// SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtSoftmaxBwdParams {}
+// SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtCrossEntropyParams {}
+// SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for abi::FtAdamWParams {}
 
 #[cfg(test)]

@@ -46,3 +46,35 @@ pub fn kernels_or_skip(test: &str) -> bool {
     eprintln!("SKIP {test}: the kernels were not built (no nvcc at build time)");
     false
 }
+
+/// How many CUDA GPUs this machine has: 0 after a printed SKIP line when there is none (no
+/// driver or no device), and a panic instead when `FERROTRON_REQUIRE_GPU=1` (the lent-GPU run of
+/// `scripts/gpu-check.sh`), so a GPU test never passes vacuously there.
+pub fn gpus_or_skip(test: &str) -> usize {
+    match ferrotron::backend::cuda::device_count() {
+        Ok(n) if n > 0 => n,
+        other => {
+            let why = match other {
+                Ok(_) => "the CUDA driver reports no device".to_string(),
+                Err(e) => e.to_string(),
+            };
+            if std::env::var("FERROTRON_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("{test}: FERROTRON_REQUIRE_GPU=1 but no GPU: {why}");
+            }
+            eprintln!("SKIP {test}: no GPU ({why})");
+            0
+        }
+    }
+}
+
+/// `world` CUDA devices for a peer group on a machine with `gpus` GPUs: one rank per GPU when
+/// there are enough, else every rank on GPU 0 (virtual ranks).
+pub fn cuda_ranks(world: usize, gpus: usize) -> Vec<ferrotron::Device> {
+    if gpus >= world {
+        (0..world)
+            .map(|r| ferrotron::Device::cuda(r).expect("a present GPU"))
+            .collect()
+    } else {
+        vec![ferrotron::Device::cuda(0).expect("a present GPU"); world]
+    }
+}

@@ -138,6 +138,46 @@ impl CudaDevice {
             .map_err(|e| driver_error(&format!("cuModuleGetFunction({function})"), e))
     }
 
+    /// Lets kernels in this context read and write `peer`'s memory (`cuCtxEnablePeerAccess`);
+    /// already enabled is fine. [`Error::Cuda`] when the two GPUs cannot reach each other.
+    pub fn enable_peer_access(&self, peer: &CudaDevice) -> Result<()> {
+        let (me, other) = (self.ctx.cu_device(), peer.ctx.cu_device());
+        let mut can = 0;
+        // SAFETY: `can` is a live out-parameter; both devices are valid ordinals of contexts we
+        // hold.
+        unsafe { cudarc::driver::sys::cuDeviceCanAccessPeer(&mut can, me, other) }
+            .result()
+            .map_err(|e| driver_error("cuDeviceCanAccessPeer", e))?;
+        if can == 0 {
+            return Err(Error::Cuda {
+                call: "cuDeviceCanAccessPeer".to_string(),
+                message: format!(
+                    "GPU {} cannot access GPU {} (no NVLink / PCIe peer path)",
+                    self.ctx.ordinal(),
+                    peer.ctx.ordinal()
+                ),
+            });
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver_error("cuCtxSetCurrent", e))?;
+        // SAFETY: this context is current on the thread (bound above) and `peer.ctx` is a live
+        // context; flags must be 0.
+        let r = unsafe { cudarc::driver::sys::cuCtxEnablePeerAccess(peer.ctx.cu_ctx(), 0) };
+        match r {
+            cudarc::driver::sys::CUresult::CUDA_SUCCESS
+            | cudarc::driver::sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => Ok(()),
+            other => Err(driver_error("cuCtxEnablePeerAccess", DriverError(other))),
+        }
+    }
+
+    /// Waits until every stream of this GPU is idle (`cuCtxSynchronize`).
+    pub fn synchronize(&self) -> Result<()> {
+        self.ctx
+            .synchronize()
+            .map_err(|e| driver_error("cuCtxSynchronize", e))
+    }
+
     /// Allocates `bytes` on the home stream and fills them with `fill` (a byte value),
     /// synchronously.
     pub fn alloc(&self, bytes: usize, fill: u8) -> Result<CudaMem> {
@@ -204,6 +244,47 @@ impl CudaMem {
         stream
             .memcpy_dtoh(&slice.slice(..bytes.len()), bytes)
             .map_err(|e| driver_error("cuMemcpyDtoH", e))
+    }
+
+    /// Copies `bytes` to byte offset `offset` of this buffer, ordered on `stream` (the host
+    /// bytes may be dropped when this returns: the driver stages pageable memory first).
+    pub fn write_at(&self, stream: &Arc<CudaStream>, offset: usize, bytes: &[u8]) -> Result<()> {
+        let slice = self.slice.as_ref().expect("live until drop");
+        assert!(offset + bytes.len() <= slice.len(), "write_at past the end");
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| driver_error("cuCtxSetCurrent", e))?;
+        let ptr = self.ptr(stream) + offset as u64;
+        // SAFETY: `ptr .. ptr + bytes.len()` lies inside this live allocation (asserted above);
+        // the copy is ordered on `stream`, and the driver stages pageable host memory before the
+        // call returns.
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(ptr, bytes, stream.cu_stream())
+                .map_err(|e| driver_error("cuMemcpyHtoDAsync", e))
+        }
+    }
+
+    /// Reads `bytes.len()` bytes at byte offset `offset` of this buffer on `stream`, then
+    /// synchronizes `stream` (so `bytes` holds them on return).
+    pub fn read_at(&self, stream: &Arc<CudaStream>, offset: usize, bytes: &mut [u8]) -> Result<()> {
+        let slice = self.slice.as_ref().expect("live until drop");
+        assert!(offset + bytes.len() <= slice.len(), "read_at past the end");
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| driver_error("cuCtxSetCurrent", e))?;
+        let ptr = self.ptr(stream) + offset as u64;
+        // SAFETY: the source range lies inside this live allocation (asserted above); `bytes`
+        // is a live host buffer of the copied length, and the stream is synchronized before it
+        // is read or dropped.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(bytes, ptr, stream.cu_stream())
+                .map_err(|e| driver_error("cuMemcpyDtoHAsync", e))?;
+        }
+        stream
+            .synchronize()
+            .map_err(|e| driver_error("cuStreamSynchronize", e))
     }
 
     /// Copies host bytes to the device on `stream`.

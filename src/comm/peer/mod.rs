@@ -2,7 +2,8 @@
 //! GPU) run by our own kernels (`kernels/comm/peer.cu`) straight between the devices' memories,
 //! over symmetric buffers: every rank has a staging buffer and a flag array on its own device,
 //! and every rank knows every rank's (its *peer table*). This is what NCCL refuses (several ranks
-//! on one GPU). Today it runs on emulated devices ([`crate::Device::emu`]).
+//! on one GPU). It runs on emulated devices ([`crate::Device::emu`], verified in CI) and on GPUs
+//! ([`crate::Device::cuda`]; one rank per GPU with peer access, or several ranks on one GPU).
 //!
 //! # Protocol
 //!
@@ -21,8 +22,10 @@
 //!    phase (`e + 3`) is a "done" barrier, so a staging buffer is never overwritten while a peer
 //!    still reads it. Values only grow: the flags are zeroed once, never reset.
 //!
-//! The kernels of the ranks run concurrently and wait for each other *inside* the launch. The
-//! emulator allows this: a launch on one emulated device holds no lock on the address space
+//! The kernels of the ranks run concurrently and wait for each other *inside* the launch. On a
+//! GPU the host rendezvous runs when the call is enqueued (on the calling thread) and the
+//! launches go onto the rank's stream; a kernel that gave up (abort word raised) is reported by
+//! [`Work::wait`]. The emulator allows this too: a launch on one emulated device holds no lock on the address space
 //! (each global access locks only its allocation, briefly, and is immediately visible), so a
 //! kernel on device 0 spinning on a flag sees the release store of a kernel on device 1 running
 //! on another host thread. The rendezvous guarantees every rank launches its kernel, so the
@@ -59,19 +62,23 @@ use super::{
     check_counts, check_rank, host, CollOp, CommConfig, Communicator, ReduceOp, Signature,
 };
 use crate::backend::cuda::gemm::params as gemm_params;
-use crate::backend::emu::{memory, EmuHandle, EmuMem, LaunchShape};
-use crate::device::Device;
+use crate::backend::cuda::layers::device_ptr;
+use crate::backend::emu::LaunchShape;
+use crate::device::{BackendKind, Device};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::abi::{FtAgGemmParams, FtPeerCollParams};
 use crate::ops::launch::prepare_kernel;
 use crate::ops::Epilogue;
-use crate::stream::Stream;
+use crate::stream::{Stream, StreamImpl};
 use crate::tensor::{Buffer, Tensor};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use symmetric::{RankMem, Target};
+
+mod symmetric;
 
 /// The image of `kernels/comm/peer.cu`.
 const MODULE: &str = "comm/peer";
@@ -121,14 +128,11 @@ impl Default for PeerConfig {
     }
 }
 
-/// One rank's symmetric resources, on its device.
+/// One rank's device and symmetric resources (staging buffer, flags and peer table: see
+/// `FtPeerCollParams` in `ferrotron_params.h`).
 struct RankRes {
     device: Device,
-    emu: EmuHandle,
-    /// Per-rank peer table: see `FtPeerCollParams` in `ferrotron_params.h`.
-    table: EmuMem,
-    _stage: EmuMem,
-    _flags: EmuMem,
+    mem: RankMem,
 }
 
 struct Round {
@@ -154,6 +158,18 @@ struct PeerGroup {
     state: Mutex<GroupState>,
     cv: Condvar,
     failed: Mutex<Option<(usize, String)>>,
+    /// Whether the overlap kernels may run: not when two ranks share a GPU (a rank's GEMM CTAs
+    /// spinning on a flag could occupy every SM and starve the launch that would raise it).
+    fuse_overlap: bool,
+}
+
+impl Drop for PeerGroup {
+    fn drop(&mut self) {
+        // Kernels of one rank use every rank's buffers: free none while any GPU still runs.
+        for r in &self.ranks {
+            r.mem.quiesce();
+        }
+    }
 }
 
 impl PeerGroup {
@@ -172,9 +188,38 @@ impl PeerGroup {
             .clone()
     }
 
-    /// Address of the abort word of `rank`'s table.
-    fn abort_addr(&self, rank: usize) -> u64 {
-        self.ranks[rank].table.addr() + (3 * self.size() as u64 + 1) * 8
+    /// Byte offset of the abort word in a peer table.
+    fn abort_offset(&self) -> usize {
+        (3 * self.size() + 1) * 8
+    }
+
+    /// Byte offset of the block offsets in a peer table.
+    fn offsets_offset(&self) -> usize {
+        2 * self.size() * 8
+    }
+
+    /// The error for call `seq` of `opname` whose kernels on `rank` left `word` in the abort
+    /// word (2: a flag wait ran out of polls; else a peer failed); marks the group failed.
+    fn aborted(&self, rank: usize, word: u64, what: &str) -> Error {
+        if word == 2 {
+            let e = Error::Timeout {
+                what: format!(
+                    "{what} on {}: flags of rank {rank}'s kernels after {} polls",
+                    self.name, self.config.spin_limit
+                ),
+                seconds: 0.0,
+            };
+            self.fail(rank, e.to_string());
+            return e;
+        }
+        let (failed, reason) = self
+            .first_failure()
+            .unwrap_or((rank, "aborted".to_string()));
+        Error::PeerFailed {
+            rank: failed,
+            reason,
+            waiting_in: format!("{what} on {}", self.name),
+        }
     }
 
     /// Marks `rank` failed (the first failure wins) and raises every rank's abort word, so that
@@ -186,8 +231,8 @@ impl PeerGroup {
                 *f = Some((rank, reason));
             }
         }
-        for r in 0..self.size() {
-            let _ = memory().write(self.abort_addr(r), &1u64.to_le_bytes());
+        for r in &self.ranks {
+            let _ = r.mem.store_word(self.abort_offset(), 1);
         }
         self.cv.notify_all();
     }
@@ -338,9 +383,20 @@ impl PeerComm {
             return Err(Error::invalid(OP, "devices", "need at least one device"));
         }
         let world = devices.len();
+        let kind = devices[0].kind();
+        if let Some(d) = devices.iter().find(|d| d.kind() != kind) {
+            return Err(Error::invalid(
+                OP,
+                "devices",
+                format!("{} and {} in one group", devices[0].label(), d.label()),
+            ));
+        }
         // Every CTA of a launch must be resident at once (CTAs wait for each other's flags); the
-        // emulator keeps `LaunchConfig::resident_ctas` of a launch resident.
-        let resident = ptx_emu::LaunchConfig::default().resident_ctas;
+        // emulator keeps `LaunchConfig::resident_ctas` of a launch resident, a GPU many more.
+        let resident = match kind {
+            BackendKind::Emu => ptx_emu::LaunchConfig::default().resident_ctas,
+            _ => MAX_CTAS,
+        };
         let ctas = config.ctas.clamp(1, MAX_CTAS.min(resident));
         if world * ctas as usize > BLOCK as usize {
             return Err(Error::invalid(
@@ -352,21 +408,6 @@ impl PeerComm {
         if config.staging_bytes == 0 {
             return Err(Error::invalid(OP, "staging_bytes", "must be positive"));
         }
-        let mut emus = Vec::with_capacity(world);
-        for d in devices {
-            match d.emu_state() {
-                Some(e) => emus.push(e.clone()),
-                None => {
-                    return Err(Error::Unsupported {
-                        op: OP,
-                        backend: format!(
-                            "{} (the peer communicator runs on emu devices)",
-                            d.label()
-                        ),
-                    })
-                }
-            }
-        }
         for a in devices {
             for b in devices {
                 if a.ordinal() != b.ordinal() {
@@ -374,30 +415,21 @@ impl PeerComm {
                 }
             }
         }
-        let mut stages = Vec::with_capacity(world);
-        let mut flags = Vec::with_capacity(world);
         let flag_bytes = world * MAX_CTAS as usize * 8;
-        for e in &emus {
-            // Poisoned: a kernel that reads staging it has not written is reported.
-            stages.push(e.upload(&vec![0u8; config.staging_bytes], true)?);
-            flags.push(e.upload(&vec![0u8; flag_bytes], false)?);
-        }
-        let mut words: Vec<u64> = stages.iter().map(|s| s.addr()).collect();
-        words.extend(flags.iter().map(|f| f.addr()));
-        words.extend(std::iter::repeat_n(0u64, world + 2)); // offsets, abort word
-        let table_bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let mut ranks = Vec::with_capacity(world);
-        for ((e, (stage, flag)), device) in
-            emus.iter().zip(stages.into_iter().zip(flags)).zip(devices)
-        {
-            ranks.push(RankRes {
+        let mems = RankMem::create(devices, config.staging_bytes, flag_bytes)?;
+        let ranks: Vec<RankRes> = devices
+            .iter()
+            .zip(mems)
+            .map(|(device, mem)| RankRes {
                 device: device.clone(),
-                emu: e.clone(),
-                table: e.upload(&table_bytes, false)?,
-                _stage: stage,
-                _flags: flag,
-            });
-        }
+                mem,
+            })
+            .collect();
+        let shares_gpu = kind == BackendKind::Cuda
+            && devices
+                .iter()
+                .enumerate()
+                .any(|(i, a)| devices[..i].iter().any(|b| b.ordinal() == a.ordinal()));
         let group = Arc::new(PeerGroup {
             name: "peer:world".to_string(),
             config: PeerConfig { ctas, ..config },
@@ -405,6 +437,7 @@ impl PeerComm {
             state: Mutex::new(GroupState::default()),
             cv: Condvar::new(),
             failed: Mutex::new(None),
+            fuse_overlap: !shares_gpu,
         });
         Ok((0..world)
             .map(|rank| PeerComm {
@@ -460,21 +493,48 @@ impl PeerComm {
             .map(|(_, t)| t.buffer().clone())
             .collect();
         let status: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
-        let slot = status.clone();
         let (group, me) = (self.group.clone(), self.rank);
-        stream.push_host(op, move || {
-            let _keep = keep;
-            let out = run_call(&group, me, seq, sig, redop, &launches);
-            if let Err(e) = &out {
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+        match stream.imp() {
+            StreamImpl::Cpu(_) => {
+                let slot = status.clone();
+                stream.push_host(op, move || {
+                    let _keep = keep;
+                    let out = run_call(&group, me, seq, sig, redop, &launches, Target::Emu);
+                    if let Err(e) = &out {
+                        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                    }
+                    out
+                });
+                Ok(Work::new(stream.record_event()?, stream.clone(), status))
             }
-            out
-        });
-        Ok(Work::new(stream.record_event()?, stream.clone(), status))
+            StreamImpl::Cuda(s) => {
+                // The rendezvous runs here; the launches are enqueued on `s` (the operands stay
+                // alive past them: `CudaMem` orders its free after every stream that used it).
+                drop(keep);
+                let opname = sig.op.name();
+                run_call(&group, me, seq, sig, redop, &launches, Target::Cuda(s))?;
+                let check = move || -> Result<()> {
+                    match group.ranks[me].mem.load_word(group.abort_offset())? {
+                        0 => Ok(()),
+                        word => Err(group.aborted(me, word, &format!("{opname} #{seq}"))),
+                    }
+                };
+                Ok(Work::new(stream.record_event()?, stream.clone(), status)
+                    .with_check(Arc::new(check)))
+            }
+        }
     }
 
-    fn addr(t: &Tensor) -> u64 {
-        t.buffer().emu().addr()
+    /// `t`'s device address for kernels on `stream` (noting the use on a CUDA stream), or 0
+    /// when `t` and `stream` are on different kinds of device (then the call's validation
+    /// rejects it before anything is launched).
+    fn addr(stream: &Stream, t: &Tensor) -> u64 {
+        match (stream.imp(), t.device().kind()) {
+            (StreamImpl::Cuda(_), BackendKind::Cuda) | (StreamImpl::Cpu(_), BackendKind::Emu) => {
+                device_ptr(stream, t) as u64
+            }
+            _ => 0,
+        }
     }
 
     fn suffix(dtype: DType) -> &'static str {
@@ -536,8 +596,8 @@ impl PeerComm {
             epoch_block: 0,
             gemm: None,
             function: format!("ft_peer_reduce_scatter_{}", Self::suffix(dtype)),
-            input: Self::addr(input),
-            output: Self::addr(output),
+            input: Self::addr(stream, input),
+            output: Self::addr(stream, output),
             count: total as u64,
             offsets: offsets(&counts),
             root: 0,
@@ -561,12 +621,16 @@ impl PeerComm {
     /// reports any error).
     fn ag_gemm_plan(
         &self,
+        stream: &Stream,
         x: &Tensor,
         w: &Tensor,
         y: &Tensor,
         epilogue: &Epilogue<'_>,
     ) -> Option<(Signature, Vec<Launch>)> {
         let here = self.device();
+        if !self.group.fuse_overlap || !here.compatible(stream.device()) {
+            return None;
+        }
         let ok = |t: &Tensor| t.dtype() == DType::BF16 && here.compatible(t.device());
         if !(ok(x) && ok(w) && ok(y)) {
             return None;
@@ -578,12 +642,12 @@ impl PeerComm {
         if kw != k || my != m || ny != n || m_local == 0 || n == 0 || k == 0 || k % 8 != 0 {
             return None;
         }
-        if Self::addr(w) % 16 != 0 || m_local * k * 2 > self.group.config.staging_bytes {
+        if Self::addr(stream, w) % 16 != 0 || m_local * k * 2 > self.group.config.staging_bytes {
             return None;
         }
         let (epi, bias) = match epilogue {
             Epilogue::None => ("none", 0),
-            Epilogue::Bias(b) if ok(b) && b.numel() == n => ("bias", Self::addr(b)),
+            Epilogue::Bias(b) if ok(b) && b.numel() == n => ("bias", Self::addr(stream, b)),
             _ => return None,
         };
         let (shape, suffix) = overlap_tile(m, n, m_local)?;
@@ -599,7 +663,7 @@ impl PeerComm {
             epoch_block: 0,
             gemm: None,
             function: "ft_ag_gemm_stage_bf16".into(),
-            input: Self::addr(x),
+            input: Self::addr(stream, x),
             output: 0,
             count: (m_local * k) as u64,
             offsets: Vec::new(),
@@ -610,8 +674,8 @@ impl PeerComm {
             epoch_block: 0,
             gemm: Some(AgGemmLaunch {
                 a: 0,
-                w: Self::addr(w),
-                y: Self::addr(y),
+                w: Self::addr(stream, w),
+                y: Self::addr(stream, y),
                 bias,
                 m_local: m_local as u64,
                 n: n as u64,
@@ -644,8 +708,17 @@ impl PeerComm {
     /// The launches of a fused GEMM + reduce-scatter (`kernels/overlap/gemm_rs.cu`) of `x`
     /// (`[world * m_local, k]`), `w` (`[n, k]`) into `y` (`[m_local, n]`), or `None` when the
     /// operands do not fit it (then the caller runs the unfused default).
-    fn gemm_rs_plan(&self, x: &Tensor, w: &Tensor, y: &Tensor) -> Option<(Signature, Vec<Launch>)> {
+    fn gemm_rs_plan(
+        &self,
+        stream: &Stream,
+        x: &Tensor,
+        w: &Tensor,
+        y: &Tensor,
+    ) -> Option<(Signature, Vec<Launch>)> {
         let here = self.device();
+        if !self.group.fuse_overlap || !here.compatible(stream.device()) {
+            return None;
+        }
         let ok = |t: &Tensor| t.dtype() == DType::BF16 && here.compatible(t.device());
         if !(ok(x) && ok(w) && ok(y)) {
             return None;
@@ -657,7 +730,7 @@ impl PeerComm {
         if kw != k || ny != n || m != world * m_local || m_local == 0 || n == 0 || k == 0 {
             return None;
         }
-        if k % 8 != 0 || Self::addr(x) % 16 != 0 || Self::addr(w) % 16 != 0 {
+        if k % 8 != 0 || Self::addr(stream, x) % 16 != 0 || Self::addr(stream, w) % 16 != 0 {
             return None;
         }
         if world * m_local * n * 2 > self.group.config.staging_bytes {
@@ -685,8 +758,8 @@ impl PeerComm {
             };
         let gemm = Launch {
             gemm: Some(AgGemmLaunch {
-                a: Self::addr(x),
-                w: Self::addr(w),
+                a: Self::addr(stream, x),
+                w: Self::addr(stream, w),
                 y: 0,
                 bias: 0,
                 m_local: m_local as u64,
@@ -714,7 +787,7 @@ impl PeerComm {
                     1,
                     GEMM_RS_MODULE,
                     count,
-                    Self::addr(y),
+                    Self::addr(stream, y),
                 ),
                 // Done: no rank pushes its next call's tiles while an owner still reduces.
                 plain("ft_peer_barrier", 1, MODULE, 0, 0),
@@ -742,8 +815,8 @@ impl PeerComm {
             epoch_block: 0,
             gemm: None,
             function: format!("ft_peer_all_gather_{}", Self::suffix(dtype)),
-            input: Self::addr(input),
-            output: Self::addr(output),
+            input: Self::addr(stream, input),
+            output: Self::addr(stream, output),
             count: 0,
             offsets: offsets(&counts),
             root: 0,
@@ -782,31 +855,8 @@ fn blocks(n: usize, size: usize) -> Vec<u64> {
     o
 }
 
-/// The bytes of the kernel parameter struct, as the kernel's `.param` space holds them.
-fn param_bytes(p: &FtPeerCollParams) -> Vec<u8> {
-    let n = std::mem::size_of::<FtPeerCollParams>();
-    // SAFETY: `FtPeerCollParams` is a `#[repr(C)]` plain-old-data struct bindgen made from
-    // `kernels/include/ferrotron_params.h`: pointers and u64s, every field 8 bytes, no padding,
-    // so all `n` bytes are initialised and reading them as `u8` is sound.
-    let bytes =
-        unsafe { std::slice::from_raw_parts((p as *const FtPeerCollParams).cast::<u8>(), n) };
-    bytes.to_vec()
-}
-
-/// The bytes of the all-gather + GEMM parameter struct, as the kernel's `.param` space holds
-/// them.
-fn ag_gemm_param_bytes(p: &FtAgGemmParams) -> Vec<u8> {
-    let n = std::mem::size_of::<FtAgGemmParams>();
-    // SAFETY: `FtAgGemmParams` is a `#[repr(C)]` plain-old-data struct bindgen made from
-    // `kernels/include/ferrotron_params.h`: the `FtGemmParams` (pointers, u64s, an f32 and a u32
-    // pair, no padding) then pointers and u64s, every field naturally aligned with no padding
-    // (bindgen's layout assertions check the size), so all `n` bytes are initialised and
-    // reading them as `u8` is sound.
-    let bytes = unsafe { std::slice::from_raw_parts((p as *const FtAgGemmParams).cast::<u8>(), n) };
-    bytes.to_vec()
-}
-
-/// A call on rank `me`'s stream worker: rendezvous, then the launches.
+/// A call of rank `me`: the rendezvous, then the launches on `target` (on an emulated device
+/// each runs to completion and its abort word is checked; on a GPU they are enqueued).
 fn run_call(
     group: &PeerGroup,
     me: usize,
@@ -814,6 +864,7 @@ fn run_call(
     sig: Signature,
     redop: u64,
     launches: &[Launch],
+    target: Target<'_>,
 ) -> Result<()> {
     let opname = sig.op.name();
     // A failed group stays failed (its abort words are raised).
@@ -830,27 +881,23 @@ fn run_call(
         .max()
         .unwrap_or(1);
     let epoch = group.rendezvous(me, seq, sig, blocks)?;
-    let res = &group.ranks[me];
+    let mem = &group.ranks[me].mem;
+    let table = mem.table_addr() as usize as *mut u64;
     let world = group.size();
     let cfg = &group.config;
     for l in launches {
         let outcome = (|| -> Result<()> {
             if !l.offsets.is_empty() {
                 let bytes: Vec<u8> = l.offsets.iter().flat_map(|w| w.to_le_bytes()).collect();
-                memory()
-                    .write(res.table.addr() + 2 * world as u64 * 8, &bytes)
-                    .map_err(|e| Error::Emu {
-                        kernel: "(peer table)".into(),
-                        error: e,
-                    })?;
+                mem.write_table(target, group.offsets_offset(), &bytes)?;
             }
             let epoch = epoch + l.epoch_block * PHASES;
-            let (params, shape) = match &l.gemm {
+            match &l.gemm {
                 None => {
                     let p = FtPeerCollParams {
                         input: l.input as usize as *const std::ffi::c_void,
                         output: l.output as usize as *mut std::ffi::c_void,
-                        table: res.table.addr() as usize as *mut u64,
+                        table,
                         rank: me as u64,
                         world: world as u64,
                         count: l.count,
@@ -864,13 +911,13 @@ fn run_call(
                         block: [BLOCK, 1, 1],
                         dynamic_shared: 0,
                     };
-                    (param_bytes(&p), shape)
+                    mem.launch(target, l.module, &l.function, &p, shape)?;
                 }
                 Some(g) => {
                     let (m_local, n, k) = (g.m_local as usize, g.n as usize, g.k as usize);
                     let p = FtAgGemmParams {
                         gemm: gemm_params(g.a, g.w, g.y, g.bias, 0, world * m_local, n, k, 1.0),
-                        table: res.table.addr() as usize as *mut u64,
+                        table,
                         rank: me as u64,
                         world: world as u64,
                         m_local: g.m_local,
@@ -878,36 +925,17 @@ fn run_call(
                         stage_ctas: cfg.ctas as u64,
                         spin_limit: cfg.spin_limit,
                     };
-                    (ag_gemm_param_bytes(&p), g.shape)
-                }
-            };
-            res.emu.launch_with(l.module, &l.function, &params, shape)?;
-            let mut word = [0u8; 8];
-            memory()
-                .read_bytes(group.abort_addr(me), &mut word)
-                .map_err(|e| Error::Emu {
-                    kernel: "(peer table)".into(),
-                    error: e,
-                })?;
-            match u64::from_le_bytes(word) {
-                0 => Ok(()),
-                2 => Err(Error::Timeout {
-                    what: format!(
-                        "{opname} #{seq} on {}: flags of rank {me}'s kernel {} after {} polls",
-                        group.name, l.function, cfg.spin_limit
-                    ),
-                    seconds: 0.0,
-                }),
-                _ => {
-                    let (rank, reason) =
-                        group.first_failure().unwrap_or((me, "aborted".to_string()));
-                    Err(Error::PeerFailed {
-                        rank,
-                        reason,
-                        waiting_in: format!("{opname} #{seq} on {}", group.name),
-                    })
+                    mem.launch(target, l.module, &l.function, &p, g.shape)?;
                 }
             }
+            if let Target::Emu = target {
+                let word = mem.load_word(group.abort_offset())?;
+                if word != 0 {
+                    let what = format!("{opname} #{seq} (kernel {})", l.function);
+                    return Err(group.aborted(me, word, &what));
+                }
+            }
+            Ok(())
         })();
         if let Err(e) = outcome {
             if !matches!(e, Error::PeerFailed { .. }) {
@@ -941,7 +969,7 @@ impl Communicator for PeerComm {
         sig.redop = Some(op);
         let cfg = &self.group.config;
         let chunk = (cfg.staging_bytes / es).max(1);
-        let base = Self::addr(buf);
+        let base = Self::addr(stream, buf);
         let sfx = Self::suffix(dtype);
         let mut launches = Vec::new();
         let mut lo = 0;
@@ -1016,8 +1044,8 @@ impl Communicator for PeerComm {
             epoch_block: 0,
             gemm: None,
             function: format!("ft_peer_broadcast_{}", Self::suffix(dtype)),
-            input: Self::addr(buf),
-            output: Self::addr(buf),
+            input: Self::addr(stream, buf),
+            output: Self::addr(stream, buf),
             count: n as u64,
             offsets: Vec::new(),
             root: root as u64,
@@ -1039,7 +1067,7 @@ impl Communicator for PeerComm {
         y: &mut Tensor,
         epilogue: Epilogue<'_>,
     ) -> Result<Work> {
-        let Some((sig, launches)) = self.ag_gemm_plan(x, w, y, &epilogue) else {
+        let Some((sig, launches)) = self.ag_gemm_plan(stream, x, w, y, &epilogue) else {
             return super::all_gather_then_gemm(self, stream, x, w, y, epilogue);
         };
         let mut reads = vec![("x", x), ("w", w)];
@@ -1071,7 +1099,7 @@ impl Communicator for PeerComm {
         w: &Tensor,
         y: &mut Tensor,
     ) -> Result<Work> {
-        let Some((sig, launches)) = self.gemm_rs_plan(x, w, y) else {
+        let Some((sig, launches)) = self.gemm_rs_plan(stream, x, w, y) else {
             return super::gemm_then_reduce_scatter(self, stream, x, w, y);
         };
         self.enqueue(
