@@ -325,3 +325,46 @@ fn a_kernel_fault_on_one_rank_fails_the_others_fast() {
         assert!(t0.elapsed() < Duration::from_secs(60));
     });
 }
+
+/// `ferrotron bench comm --backend peer-emu` (and `peer-gpu`): the nccl-tests loop over the peer
+/// kernels on 3 emulated GPUs checks every result element, and the device-copy baseline runs.
+#[test]
+fn the_comm_benchmark_runs_on_the_peer_kernels() {
+    use ferrotron::bench::comm::{device_copy_gbps, run_rank, BenchOp, CommBench};
+    if !kernels_or_skip("peer_bench") {
+        return;
+    }
+    watchdog(300, "peer_bench", || {
+        for op in [
+            BenchOp::AllReduce,
+            BenchOp::AllGather,
+            BenchOp::ReduceScatter,
+            BenchOp::Broadcast,
+        ] {
+            let cfg = CommBench {
+                op,
+                dtype: DType::BF16,
+                min_bytes: 600,
+                max_bytes: 6000,
+                factor: 10,
+                iters: 1,
+                warmup: 0,
+            };
+            let config = PeerConfig {
+                staging_bytes: 8192,
+                ..small()
+            };
+            let rows = peer::launch(&devices(3), config, |ctx| {
+                run_rank(&ctx.device, &ctx.comm, &cfg)
+            })
+            .unwrap();
+            assert_eq!(rows[0].len(), 2, "{op:?}");
+            for r in rows.iter().flatten() {
+                assert_eq!(r.wrong, 0, "{op:?} {} bytes", r.bytes);
+                assert!(r.time_us > 0.0 && r.busbw.is_finite());
+            }
+        }
+        let gbps = device_copy_gbps(&Device::emu(0).unwrap(), 4096, 2).unwrap();
+        assert!(gbps.is_finite() && gbps > 0.0, "{gbps}");
+    });
+}

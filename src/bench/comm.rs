@@ -193,6 +193,26 @@ pub fn run_rank(dev: &Device, comm: &dyn Communicator, cfg: &CommBench) -> Resul
     Ok(rows)
 }
 
+/// Bandwidth of a device-to-device copy of `bytes` bytes on `dev` ([`crate::ops::shard::copy`]:
+/// `cuMemcpyDtoDAsync` on a GPU, the emulator's copy on an emulated device), in GB/s of bytes
+/// copied, timed over `iters` copies after one untimed copy: the baseline for a device's
+/// collectives.
+pub fn device_copy_gbps(dev: &Device, bytes: usize, iters: usize) -> Result<f64> {
+    let n = (bytes / 4).max(1);
+    let s = dev.new_named_stream("copy baseline")?;
+    let src = Tensor::zeros(dev, [n], DType::F32)?;
+    let mut dst = Tensor::zeros(dev, [n], DType::F32)?;
+    crate::ops::shard::copy(&s, &src, &mut dst)?;
+    s.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..iters.max(1) {
+        crate::ops::shard::copy(&s, &src, &mut dst)?;
+    }
+    s.synchronize()?;
+    let secs = t.elapsed().as_secs_f64() / iters.max(1) as f64;
+    Ok((n * 4) as f64 / secs / 1e9)
+}
+
 /// The nccl-tests table for `rows`.
 pub fn table(cfg: &CommBench, ranks: usize, backend: &str, rows: &[BenchRow]) -> String {
     let mut s = String::new();
