@@ -75,34 +75,57 @@ fn parallel_mlp_on_two_emulated_gpus_matches_the_cpu_backend() {
         300,
         "parallel_mlp_on_two_emulated_gpus_matches_the_cpu_backend",
         || {
-            for sp in [false, true] {
-                let cpu = launch(P, BackendKind::Cpu, |ctx| {
-                    run_rank(&ctx.device, &ctx.comm, sp)
-                })
-                .expect("cpu ranks");
-                let devices: Vec<Device> = (0..P).map(|i| Device::emu(i).expect("emu")).collect();
-                let emu = peer::launch(&devices, PeerConfig::default(), |ctx| {
-                    run_rank(&ctx.device, &ctx.comm, sp)
-                })
-                .unwrap_or_else(|e| panic!("emulated GPUs (sp {sp}): {e}"));
-                // The work really ran as kernels on the emulated GPUs.
-                for d in &devices {
-                    let m = d.emu_metrics().expect("emulated");
-                    assert!(m.thread_instructions > 100_000, "{} ran {m:?}", d.label());
-                    assert_eq!(m.shared_bank_conflicts, 0, "{}", d.label());
-                }
-                let names = ["y", "dx", "dW1", "db1", "dW2", "db2"];
-                for r in 0..P {
-                    for (i, name) in names.iter().enumerate() {
-                        // Reductions over up to FFN (fc2, dx) or T (weight gradients) terms.
-                        let tol = Tolerance::for_reduction(DType::BF16, FFN.max(T)).scaled(2.0);
-                        let c = compare(&emu[r][i], &cpu[r][i], tol);
-                        assert!(c.pass, "sp {sp} rank {r} {name}: emu vs cpu {c}");
-                    }
-                }
+            let devices: Vec<Device> = (0..P).map(|i| Device::emu(i).expect("emu")).collect();
+            mlp_matches_the_cpu_backend(&devices);
+            // The work really ran as kernels on the emulated GPUs.
+            for d in &devices {
+                let m = d.emu_metrics().expect("emulated");
+                assert!(m.thread_instructions > 100_000, "{} ran {m:?}", d.label());
+                assert_eq!(m.shared_bank_conflicts, 0, "{}", d.label());
             }
         },
     );
+}
+
+/// The same MLP on real GPUs (`scripts/gpu-check.sh`): one rank per GPU, or both ranks on GPU 0
+/// on a one-GPU machine.
+#[test]
+fn parallel_mlp_on_two_gpus_matches_the_cpu_backend() {
+    let gpus = common::gpus_or_skip("parallel_mlp_gpu");
+    if gpus == 0 || !common::kernels_or_skip("parallel_mlp_gpu") {
+        return;
+    }
+    watchdog(300, "parallel_mlp_gpu", move || {
+        mlp_matches_the_cpu_backend(&common::cuda_ranks(P, gpus));
+    });
+}
+
+/// The MLP with and without sequence parallelism on `devices` (the peer communicator) against
+/// the CPU thread ranks, every output and gradient of every rank.
+fn mlp_matches_the_cpu_backend(devices: &[Device]) {
+    for sp in [false, true] {
+        let cpu = launch(P, BackendKind::Cpu, |ctx| {
+            run_rank(&ctx.device, &ctx.comm, sp)
+        })
+        .expect("cpu ranks");
+        let got = peer::launch(devices, PeerConfig::default(), |ctx| {
+            run_rank(&ctx.device, &ctx.comm, sp)
+        })
+        .unwrap_or_else(|e| panic!("{} (sp {sp}): {e}", devices[0].label()));
+        let names = ["y", "dx", "dW1", "db1", "dW2", "db2"];
+        for r in 0..P {
+            for (i, name) in names.iter().enumerate() {
+                // Reductions over up to FFN (fc2, dx) or T (weight gradients) terms.
+                let tol = Tolerance::for_reduction(DType::BF16, FFN.max(T)).scaled(2.0);
+                let c = compare(&got[r][i], &cpu[r][i], tol);
+                assert!(
+                    c.pass,
+                    "sp {sp} rank {r} {name}: {} vs cpu {c}",
+                    devices[0].label()
+                );
+            }
+        }
+    }
 }
 
 /// The whole pre-LN transformer block (layer norms, attention split by heads, MLP, residuals),

@@ -24,8 +24,10 @@
 //!
 //! The kernels of the ranks run concurrently and wait for each other *inside* the launch. On a
 //! GPU the host rendezvous runs when the call is enqueued (on the calling thread) and the
-//! launches go onto the rank's stream; a kernel that gave up (abort word raised) is reported by
-//! [`Work::wait`]. The emulator allows this too: a launch on one emulated device holds no lock on the address space
+//! launches go onto the rank's stream, so a mismatch, a timeout or a failed peer is the error
+//! of the call itself, and a kernel that gave up (abort word raised) is reported by
+//! [`Work::wait`]. Ranks sharing a GPU never take the overlap kernels (their spinning GEMM CTAs
+//! could occupy every SM and starve the peer launch they wait for); they run the unfused path. The emulator allows this too: a launch on one emulated device holds no lock on the address space
 //! (each global access locks only its allocation, briefly, and is immediately visible), so a
 //! kernel on device 0 spinning on a flag sees the release store of a kernel on device 1 running
 //! on another host thread. The rendezvous guarantees every rank launches its kernel, so the
