@@ -7,7 +7,6 @@ use crate::backend::cuda::elementwise as cuda;
 use crate::backend::cuda::layers::{self as dev, device_ptr};
 use crate::backend::emu::elementwise as emu;
 use crate::device::BackendKind;
-use crate::dtype::DType;
 use crate::error::Result;
 use crate::fused::launch;
 use crate::kernels::abi::FtBiasGeluBwdDbiasParams;
@@ -127,7 +126,8 @@ fn bwd_dbias_on_device(
     const MODULE: &str = "elementwise/bias_gelu";
     let sfx = dev::suffix(OP, "x", x.dtype())?;
     let chunks = rows.div_ceil(DBIAS_CHUNK_ROWS);
-    let partial = Tensor::poisoned(stream.device(), [chunks.max(1), cols], DType::F32)?;
+    // `[chunks, cols]` f32 partial sums, in the stream's scratch.
+    let partial = stream.scratch_f32(chunks.max(1) * cols)?;
     let p = FtBiasGeluBwdDbiasParams {
         dy: device_ptr(stream, dy),
         x: device_ptr(stream, x),

@@ -177,11 +177,8 @@ pub fn layernorm_bwd(
     let fused = cols <= BWD_FUSED_MAX_COLS;
     let partials = if fused {
         let blocks = dx_launch.grid as usize;
-        Some(Tensor::poisoned(
-            stream.device(),
-            [blocks, 2 * cols],
-            DType::F32,
-        )?)
+        // `[blocks, 2 * cols]` f32 partials, in the stream's scratch.
+        Some(stream.scratch_f32(blocks * 2 * cols)?)
     } else {
         None
     };

@@ -34,6 +34,8 @@ struct StreamInner {
     label: Arc<str>,
     device: Device,
     imp: StreamImpl,
+    /// The f32 scratch buffer ops on a GPU stream reuse ([`Stream::scratch_f32`]).
+    workspace: Mutex<Option<crate::tensor::Tensor>>,
 }
 
 pub(crate) enum StreamImpl {
@@ -75,8 +77,41 @@ impl Stream {
                 label: label.into(),
                 device: device.clone(),
                 imp,
+                workspace: Mutex::new(None),
             }),
         })
+    }
+
+    /// An f32 scratch tensor of at least `elems` elements (shape `[capacity]`) for one op's
+    /// intermediate results on this stream (e.g. the per-chunk partial sums of a fused backward).
+    ///
+    /// On a GPU it is the stream's workspace, grown when too small and otherwise reused: ops on
+    /// one stream run in order, so an op's scratch is never overwritten while it still reads it,
+    /// and a backward pass costs no allocation (no `cuMemAlloc`, no synchronization). An op
+    /// needing several scratch regions asks once for their total. Elsewhere (emulated devices,
+    /// the CPU) every call gets a fresh poisoned tensor, so the emulator's initialisation check
+    /// still catches a kernel reading scratch it never wrote.
+    pub(crate) fn scratch_f32(&self, elems: usize) -> Result<crate::tensor::Tensor> {
+        use crate::tensor::Tensor;
+        let elems = elems.max(1);
+        let StreamImpl::Cuda(_) = &self.inner.imp else {
+            return Tensor::poisoned(&self.inner.device, [elems], crate::DType::F32);
+        };
+        let mut ws = self
+            .inner
+            .workspace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match ws.as_ref() {
+            Some(t) if t.numel() >= elems => Ok(t.share()),
+            _ => {
+                // Grow geometrically: a few sizes settle after the first steps.
+                let cap = elems.max(ws.as_ref().map_or(0, |t| 2 * t.numel()));
+                let t = Tensor::zeros(&self.inner.device, [cap], crate::DType::F32)?;
+                *ws = Some(t.share());
+                Ok(t)
+            }
+        }
     }
 
     /// The device this stream runs on.
@@ -516,5 +551,47 @@ impl CpuEvent {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_off_the_gpu_is_fresh_and_poisoned() {
+        for dev in [Device::cpu(), Device::emu(0).expect("emu")] {
+            let s = dev.new_stream().unwrap();
+            let a = s.scratch_f32(10).unwrap();
+            let b = s.scratch_f32(10).unwrap();
+            assert!(a.numel() >= 10 && b.numel() >= 10);
+            assert_ne!(a.buffer_id(), b.buffer_id(), "{}", dev.label());
+            if dev.kind() == crate::BackendKind::Cpu {
+                // Poisoned: a read of scratch nobody wrote shows up as NaN.
+                assert!(a.to_f64_vec(&s).unwrap().iter().all(|v| v.is_nan()));
+            }
+        }
+    }
+
+    /// On a GPU the stream's workspace is reused (no allocation per op) and grown when too
+    /// small; another stream has its own.
+    #[test]
+    fn scratch_on_a_gpu_is_the_streams_reused_workspace() {
+        let required = std::env::var("FERROTRON_REQUIRE_GPU").as_deref() == Ok("1");
+        if let Some(why) = cuda::unavailable_reason() {
+            assert!(!required, "FERROTRON_REQUIRE_GPU=1 but no GPU: {why}");
+            eprintln!("SKIP scratch_on_a_gpu: no GPU ({why})");
+            return;
+        }
+        let dev = Device::cuda(0).unwrap();
+        let (s, t) = (dev.new_stream().unwrap(), dev.new_stream().unwrap());
+        let a = s.scratch_f32(1000).unwrap();
+        let b = s.scratch_f32(600).unwrap();
+        assert_eq!(a.buffer_id(), b.buffer_id(), "reused");
+        let c = s.scratch_f32(5000).unwrap();
+        assert!(c.numel() >= 5000);
+        assert_ne!(c.buffer_id(), a.buffer_id(), "grown");
+        let d = t.scratch_f32(10).unwrap();
+        assert_ne!(d.buffer_id(), c.buffer_id(), "per stream");
     }
 }

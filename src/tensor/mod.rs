@@ -108,6 +108,15 @@ impl std::fmt::Debug for Tensor {
 }
 
 impl Tensor {
+    /// Another handle on this tensor's buffer (crate-internal: the stream's scratch workspace;
+    /// public tensors are never aliased behind the caller's back).
+    pub(crate) fn share(&self) -> Tensor {
+        Tensor {
+            buf: self.buf.clone(),
+            shape: self.shape.clone(),
+        }
+    }
+
     fn new_buffer(device: &Device, shape: Shape, data: HostData) -> Result<Tensor> {
         Self::new_buffer_with(device, shape, data, false)
     }
