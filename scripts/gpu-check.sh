@@ -45,6 +45,12 @@ for t in .gpu/tests/*; do
   echo "== $t" | tee -a "$out/tests.txt"
   "$t" 2>&1 | tee -a "$out/tests.txt" || status=1
 done
+.gpu/ferrotron bench kernels --gpu > "$out/bench-kernels-gpu.txt" 2>&1 || status=1
+# The peer collectives' kernels (one rank per GPU, or 2 virtual ranks on a one-GPU machine)
+# against a device-to-device copy measured in the same run.
+for op in all_reduce all_gather reduce_scatter; do
+  .gpu/ferrotron bench comm --backend peer-gpu --op "$op" --ranks 2 --min 64K --max 256M --dtype bf16 --iters 10 >> "$out/bench-comm-peer-gpu.txt" 2>&1 || status=1
+done
 if command -v compute-sanitizer >/dev/null; then
   compute-sanitizer --tool memcheck .gpu/ferrotron check --backend cuda > "$out/memcheck.txt" 2>&1 || status=1
   compute-sanitizer --tool racecheck .gpu/ferrotron check --backend cuda > "$out/racecheck.txt" 2>&1 || status=1

@@ -78,3 +78,53 @@ fn cuda_streams_events_and_checked_mode() {
         }
     });
 }
+
+#[test]
+fn bench_kernels_gpu_times_every_op_against_its_baseline() {
+    let Some(_dev) = gpu_or_skip("bench_kernels_gpu") else {
+        return;
+    };
+    watchdog(600, "bench_kernels_gpu", move || {
+        let rows = ferrotron::bench::kernels_gpu::bench_gpu(true).unwrap();
+        let table = ferrotron::bench::kernels_gpu::table_gpu(&rows);
+        eprintln!("{table}");
+        let gemms = rows.iter().filter(|r| r.check.is_some()).count();
+        assert_eq!(gemms, 6, "{table}");
+        assert!(rows.len() >= 6 + 2 * 8, "{table}");
+        for r in &rows {
+            assert!(
+                r.time_s.is_finite() && r.time_s > 0.0,
+                "{}: {table}",
+                r.name
+            );
+            assert!(
+                r.baseline_s.is_finite() && r.baseline_s > 0.0,
+                "{}: {table}",
+                r.name
+            );
+            assert!(
+                r.ratio().is_finite() && r.ratio() > 0.0,
+                "{}: {table}",
+                r.name
+            );
+            assert!(r.baseline_rate().is_finite(), "{}: {table}", r.name);
+            if let Some(c) = r.check {
+                assert!(c.pass, "{}: cuBLASLt disagrees: {c:?}\n{table}", r.name);
+                assert!(r.tflops().is_finite() && r.tflops() > 0.0, "{table}");
+            }
+        }
+    });
+}
+
+#[test]
+fn bench_kernels_gpu_without_a_gpu_is_an_error_not_a_panic() {
+    let Some(why) = ferrotron::backend::cuda::unavailable_reason() else {
+        eprintln!("SKIP bench_kernels_gpu_without_a_gpu: a GPU is present");
+        return;
+    };
+    let err = ferrotron::bench::kernels_gpu::bench_gpu(true).unwrap_err();
+    assert!(
+        matches!(err, Error::NoCudaDriver { .. } | Error::NoCudaDevice { .. }),
+        "{err} ({why})"
+    );
+}

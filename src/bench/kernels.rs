@@ -41,12 +41,12 @@ impl KernelRow {
     }
 }
 
-fn tensor(dev: &Device, seed: u64, dims: &[usize], dtype: DType) -> Result<Tensor> {
+pub(crate) fn tensor(dev: &Device, seed: u64, dims: &[usize], dtype: DType) -> Result<Tensor> {
     let n = dims.iter().product();
     Tensor::from_f64(dev, &random_vec(seed, n, -1.0, 1.0), dims, dtype)
 }
 
-fn bytes(t: &Tensor) -> u64 {
+pub(crate) fn bytes(t: &Tensor) -> u64 {
     (t.numel() * t.dtype().size_in_bytes()) as u64
 }
 
@@ -77,7 +77,7 @@ fn measure(
 }
 
 /// The GEMM layouts the parallel layers use.
-fn layout(l: &str) -> (Transpose, Transpose) {
+pub(crate) fn layout(l: &str) -> (Transpose, Transpose) {
     match l {
         "nt" => (Transpose::N, Transpose::T),
         "tn" => (Transpose::T, Transpose::N),

@@ -5,6 +5,7 @@ pub mod codegen;
 pub mod comm;
 pub mod emu;
 pub mod kernels;
+pub mod kernels_gpu;
 pub mod pp;
 pub mod tp;
 pub mod train;

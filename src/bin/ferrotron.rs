@@ -254,11 +254,16 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchWhat {
     /// Every kernel-backed op on the emulator: bytes moved vs ideal, sectors per request, bank
-    /// conflicts, H100 roofline estimate (no GPU timing without a GPU).
+    /// conflicts, H100 roofline estimate (no GPU timing without a GPU). With `--gpu`: timed on
+    /// CUDA device 0 instead, against cuBLASLt (GEMM) and a device-to-device copy (elementwise).
     Kernels {
         /// Smaller shapes (seconds instead of tens of seconds).
         #[arg(long)]
         quick: bool,
+        /// Time the ops on GPU 0 (CUDA events) against cuBLASLt / a device-to-device copy.
+        /// Without a GPU: prints why and exits 0 (non-zero with FERROTRON_REQUIRE_GPU=1).
+        #[arg(long)]
+        gpu: bool,
     },
     /// Collectives, as an nccl-tests table, with a memcpy baseline measured in the same run.
     Comm {
@@ -286,12 +291,46 @@ enum BenchWhat {
         /// Untimed iterations per size.
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// threads (CPU ranks), peer-emu (the peer kernels on emulated GPUs: slow, keep the
+        /// sizes small) or peer-gpu (the peer kernels on CUDA GPUs: one rank per GPU when there
+        /// are enough, else every rank on GPU 0). Under mpirun the MPI backend is used.
+        #[arg(long, default_value = "threads")]
+        backend: String,
     },
 }
 
+/// `bench kernels --gpu`: the GPU table, or why there is none (an error only when
+/// `FERROTRON_REQUIRE_GPU=1`).
+fn bench_kernels_gpu(quick: bool) -> Result<(), String> {
+    if let Some(why) = ferrotron::backend::cuda::unavailable_reason() {
+        let msg = format!("bench kernels --gpu: no GPU: {why}");
+        if std::env::var("FERROTRON_REQUIRE_GPU").as_deref() == Ok("1") {
+            return Err(format!("{msg} (FERROTRON_REQUIRE_GPU=1)"));
+        }
+        println!("{msg}");
+        return Ok(());
+    }
+    let rows = ferrotron::bench::kernels_gpu::bench_gpu(quick).map_err(|e| e.to_string())?;
+    print!("{}", ferrotron::bench::kernels_gpu::table_gpu(&rows));
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.check.is_some_and(|c| !c.pass))
+        .map(|r| r.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "bench kernels --gpu: cuBLASLt and our GEMM disagree on: {}",
+            failed.join(", ")
+        ))
+    }
+}
+
 fn bench_comm(what: BenchWhat) -> Result<(), String> {
-    let (op, ranks, min, max, factor, dtype, iters, warmup) = match what {
-        BenchWhat::Kernels { quick } => {
+    let (op, ranks, min, max, factor, dtype, iters, warmup, backend) = match what {
+        BenchWhat::Kernels { quick, gpu: true } => return bench_kernels_gpu(quick),
+        BenchWhat::Kernels { quick, gpu: false } => {
             let rows = ferrotron::bench::kernels::bench(quick).map_err(|e| e.to_string())?;
             print!("{}", ferrotron::bench::kernels::table(&rows));
             return Ok(());
@@ -305,7 +344,8 @@ fn bench_comm(what: BenchWhat) -> Result<(), String> {
             dtype,
             iters,
             warmup,
-        } => (op, ranks, min, max, factor, dtype, iters, warmup),
+            backend,
+        } => (op, ranks, min, max, factor, dtype, iters, warmup, backend),
     };
     let op = BenchOp::parse(&op).ok_or(format!("unknown --op {op}"))?;
     let dtype = match dtype.as_str() {
@@ -350,6 +390,15 @@ fn bench_comm(what: BenchWhat) -> Result<(), String> {
             Err(format!("{wrong} wrong elements"))
         };
     }
+    match backend.as_str() {
+        "threads" => {}
+        "peer-emu" | "peer-gpu" => return bench_comm_peer(&cfg, ranks, &backend),
+        other => {
+            return Err(format!(
+                "unknown --backend {other} (threads, peer-emu, peer-gpu)"
+            ))
+        }
+    }
     let rows = launch(ranks, BackendKind::Cpu, |ctx| {
         comm::run_rank(&ctx.device, &ctx.comm, &cfg)
     })
@@ -367,6 +416,61 @@ fn bench_comm(what: BenchWhat) -> Result<(), String> {
         cfg.max_bytes,
         ferrotron::bench::memcpy_parallel_gbps(cfg.max_bytes, cores)
     );
+    println!(
+        "# out of bounds values : {wrong} {}",
+        if wrong == 0 { "OK" } else { "FAILED" }
+    );
+    if wrong == 0 {
+        Ok(())
+    } else {
+        Err(format!("{wrong} wrong elements"))
+    }
+}
+
+/// `bench comm --backend peer-emu|peer-gpu`: the peer communicator's kernels on `ranks`
+/// emulated GPUs or CUDA GPUs, with a device-to-device copy on the first device as the baseline
+/// (same run). Without a GPU, `peer-gpu` prints why and succeeds unless
+/// `FERROTRON_REQUIRE_GPU=1`.
+fn bench_comm_peer(cfg: &CommBench, ranks: usize, backend: &str) -> Result<(), String> {
+    use ferrotron::comm::peer::{self, PeerConfig};
+    let devices: Vec<Device> = if backend == "peer-gpu" {
+        if let Some(why) = ferrotron::backend::cuda::unavailable_reason() {
+            if std::env::var("FERROTRON_REQUIRE_GPU").as_deref() == Ok("1") {
+                return Err(format!("bench comm --backend peer-gpu: no GPU: {why}"));
+            }
+            println!("bench comm --backend peer-gpu: no GPU: {why}");
+            return Ok(());
+        }
+        let gpus = ferrotron::backend::cuda::device_count().map_err(|e| e.to_string())?;
+        (0..ranks)
+            .map(|r| Device::cuda(if gpus >= ranks { r } else { 0 }))
+            .collect::<ferrotron::Result<_>>()
+            .map_err(|e| e.to_string())?
+    } else {
+        (0..ranks)
+            .map(Device::emu)
+            .collect::<ferrotron::Result<_>>()
+            .map_err(|e| e.to_string())?
+    };
+    // Staging large enough for the largest all-gather block and reduce-scatter input.
+    let config = PeerConfig {
+        staging_bytes: cfg.max_bytes.clamp(1 << 20, 1 << 30),
+        ..PeerConfig::default()
+    };
+    let rows = peer::launch(&devices, config, |ctx| {
+        comm::run_rank(&ctx.device, &ctx.comm, cfg)
+    })
+    .map_err(|e| e.to_string())?;
+    let label = format!("{backend} ({})", devices[0].label());
+    print!("{}", comm::table(cfg, ranks, &label, &rows[0]));
+    let copy = comm::device_copy_gbps(&devices[0], cfg.max_bytes, cfg.iters.clamp(2, 20))
+        .map_err(|e| e.to_string())?;
+    println!(
+        "# baseline: device-to-device copy of {} bytes on {}: {copy:.2} GB/s (same run)",
+        cfg.max_bytes,
+        devices[0].label()
+    );
+    let wrong: usize = rows.iter().flatten().map(|r| r.wrong).sum();
     println!(
         "# out of bounds values : {wrong} {}",
         if wrong == 0 { "OK" } else { "FAILED" }

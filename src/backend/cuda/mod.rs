@@ -2,6 +2,7 @@
 //! the driver loaded at run time. Nothing links CUDA at build time, and a machine without the
 //! driver gets [`Error::NoCudaDriver`] from [`probe`], never a panic.
 
+pub mod cublaslt;
 pub mod elementwise;
 pub mod gemm;
 pub(crate) mod layers;
