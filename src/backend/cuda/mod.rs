@@ -247,17 +247,27 @@ impl CudaMem {
             .map_err(|e| driver_error("cuMemcpyDtoH", e))
     }
 
-    /// Copies `bytes` to byte offset `offset` of this buffer, ordered on `stream` (the host
-    /// bytes may be dropped when this returns: the driver stages pageable memory first).
-    pub fn write_at(&self, stream: &Arc<CudaStream>, offset: usize, bytes: &[u8]) -> Result<()> {
+    /// The device address of bytes `offset .. offset + len` of this buffer for a copy on
+    /// `stream`, with the stream's context made current (panics past the end: callers pass
+    /// offsets inside their own layout).
+    fn range_ptr(&self, stream: &Arc<CudaStream>, offset: usize, len: usize) -> Result<u64> {
         let slice = self.slice.as_ref().expect("live until drop");
-        assert!(offset + bytes.len() <= slice.len(), "write_at past the end");
+        assert!(
+            offset + len <= slice.len(),
+            "copy past the end of a device buffer"
+        );
         stream
             .context()
             .bind_to_thread()
             .map_err(|e| driver_error("cuCtxSetCurrent", e))?;
-        let ptr = self.ptr(stream) + offset as u64;
-        // SAFETY: `ptr .. ptr + bytes.len()` lies inside this live allocation (asserted above);
+        Ok(self.ptr(stream) + offset as u64)
+    }
+
+    /// Copies `bytes` to byte offset `offset` of this buffer, ordered on `stream` (the host
+    /// bytes may be dropped when this returns: the driver stages pageable memory first).
+    pub fn write_at(&self, stream: &Arc<CudaStream>, offset: usize, bytes: &[u8]) -> Result<()> {
+        let ptr = self.range_ptr(stream, offset, bytes.len())?;
+        // SAFETY: `ptr .. ptr + bytes.len()` lies inside this live allocation (`range_ptr`);
         // the copy is ordered on `stream`, and the driver stages pageable host memory before the
         // call returns.
         unsafe {
@@ -269,14 +279,8 @@ impl CudaMem {
     /// Reads `bytes.len()` bytes at byte offset `offset` of this buffer on `stream`, then
     /// synchronizes `stream` (so `bytes` holds them on return).
     pub fn read_at(&self, stream: &Arc<CudaStream>, offset: usize, bytes: &mut [u8]) -> Result<()> {
-        let slice = self.slice.as_ref().expect("live until drop");
-        assert!(offset + bytes.len() <= slice.len(), "read_at past the end");
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(|e| driver_error("cuCtxSetCurrent", e))?;
-        let ptr = self.ptr(stream) + offset as u64;
-        // SAFETY: the source range lies inside this live allocation (asserted above); `bytes`
+        let ptr = self.range_ptr(stream, offset, bytes.len())?;
+        // SAFETY: the source range lies inside this live allocation (`range_ptr`); `bytes`
         // is a live host buffer of the copied length, and the stream is synchronized before it
         // is read or dropped.
         unsafe {

@@ -615,6 +615,17 @@ impl PeerComm {
         )
     }
 
+    /// Whether an overlap kernel may run on `stream` over `tensors`: the group allows it (no two
+    /// ranks share a GPU), and the stream and every tensor are bf16 on this rank's device.
+    fn may_fuse(&self, stream: &Stream, tensors: &[&Tensor]) -> bool {
+        let here = self.device();
+        self.group.fuse_overlap
+            && here.compatible(stream.device())
+            && tensors
+                .iter()
+                .all(|t| t.dtype() == DType::BF16 && here.compatible(t.device()))
+    }
+
     /// The fused all-gather + GEMM (`kernels/overlap/ag_gemm.cu`) when the operands allow it:
     /// bf16 tensors on this rank's device, `x [m_local, k]`, `w [n, k]`, `y [size * m_local, n]`,
     /// `k % 8 == 0` and `w` 16-byte aligned (the cp.async loads), a GEMM tile height (128 or
@@ -629,12 +640,7 @@ impl PeerComm {
         y: &Tensor,
         epilogue: &Epilogue<'_>,
     ) -> Option<(Signature, Vec<Launch>)> {
-        let here = self.device();
-        if !self.group.fuse_overlap || !here.compatible(stream.device()) {
-            return None;
-        }
-        let ok = |t: &Tensor| t.dtype() == DType::BF16 && here.compatible(t.device());
-        if !(ok(x) && ok(w) && ok(y)) {
+        if !self.may_fuse(stream, &[x, w, y]) {
             return None;
         }
         let (&[m_local, k], &[n, kw], &[my, ny]) = (x.dims(), w.dims(), y.dims()) else {
@@ -649,7 +655,9 @@ impl PeerComm {
         }
         let (epi, bias) = match epilogue {
             Epilogue::None => ("none", 0),
-            Epilogue::Bias(b) if ok(b) && b.numel() == n => ("bias", Self::addr(stream, b)),
+            Epilogue::Bias(b) if self.may_fuse(stream, &[b]) && b.numel() == n => {
+                ("bias", Self::addr(stream, b))
+            }
             _ => return None,
         };
         let (shape, suffix) = overlap_tile(m, n, m_local)?;
@@ -717,12 +725,7 @@ impl PeerComm {
         w: &Tensor,
         y: &Tensor,
     ) -> Option<(Signature, Vec<Launch>)> {
-        let here = self.device();
-        if !self.group.fuse_overlap || !here.compatible(stream.device()) {
-            return None;
-        }
-        let ok = |t: &Tensor| t.dtype() == DType::BF16 && here.compatible(t.device());
-        if !(ok(x) && ok(w) && ok(y)) {
+        if !self.may_fuse(stream, &[x, w, y]) {
             return None;
         }
         let (&[m, k], &[n, kw], &[m_local, ny]) = (x.dims(), w.dims(), y.dims()) else {
