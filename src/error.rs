@@ -111,6 +111,16 @@ pub enum Error {
         /// Why it is invalid.
         why: String,
     },
+    /// A file could not be read or written (a trace, a plot).
+    #[error("{op}: {path}: {message}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The file.
+        path: String,
+        /// The operating system's error.
+        message: String,
+    },
     /// Operands live on different devices, or a tensor is used with a stream of another device.
     #[error("{op}: {what} lives on {got}, but the stream is on {expected}")]
     DeviceMismatch {

@@ -466,8 +466,8 @@ pub fn svg_timeline(spans: &[TraceSpan], title: &str) -> Result<String> {
 /// Writes [`chrome_trace_json`] of the spans to `path`.
 ///
 /// # Errors
-/// The errors of [`chrome_trace_json`], and [`Error::InvalidArgument`] naming the path and the
-/// I/O error when the file cannot be written.
+/// The errors of [`chrome_trace_json`], and [`Error::Io`] naming the path and the I/O error
+/// when the file cannot be written.
 pub fn write_chrome_trace(path: &Path, spans: &[TraceSpan], title: &str) -> Result<()> {
     let json = chrome_trace_json(spans, title)?;
     write_file("write_chrome_trace", path, &json)
@@ -476,16 +476,19 @@ pub fn write_chrome_trace(path: &Path, spans: &[TraceSpan], title: &str) -> Resu
 /// Writes [`svg_timeline`] of the spans to `path`.
 ///
 /// # Errors
-/// The errors of [`svg_timeline`], and [`Error::InvalidArgument`] naming the path and the I/O
-/// error when the file cannot be written.
+/// The errors of [`svg_timeline`], and [`Error::Io`] naming the path and the I/O error when the
+/// file cannot be written.
 pub fn write_svg(path: &Path, spans: &[TraceSpan], title: &str) -> Result<()> {
     let svg = svg_timeline(spans, title)?;
     write_file("write_svg", path, &svg)
 }
 
 fn write_file(op: &'static str, path: &Path, contents: &str) -> Result<()> {
-    std::fs::write(path, contents)
-        .map_err(|e| Error::invalid(op, format!("path {}", path.display()), e.to_string()))
+    std::fs::write(path, contents).map_err(|e| Error::Io {
+        op,
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -755,12 +758,12 @@ mod tests {
         );
         let bad = dir.join("no-such-dir").join("t.json");
         match write_chrome_trace(&bad, &spans, "t") {
-            Err(Error::InvalidArgument { what, .. }) => assert!(what.contains("no-such-dir")),
-            other => panic!("expected InvalidArgument, got {other:?}"),
+            Err(Error::Io { path, .. }) => assert!(path.contains("no-such-dir")),
+            other => panic!("expected Io, got {other:?}"),
         }
         assert!(matches!(
             write_svg(&bad, &spans, "t"),
-            Err(Error::InvalidArgument { .. })
+            Err(Error::Io { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
