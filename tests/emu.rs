@@ -175,7 +175,13 @@ fn kernel_bench_counters() {
         return;
     }
     let rows = ferrotron::bench::kernels::bench(true).expect("bench");
-    assert!(rows.len() >= 22, "{} rows", rows.len());
+    assert!(rows.len() >= 24, "{} rows", rows.len());
+    for fused in ["all_gather_gemm", "gemm_reduce_scatter"] {
+        assert!(
+            rows.iter().any(|r| r.name.starts_with(fused)),
+            "no {fused} row"
+        );
+    }
     for r in &rows {
         let ratio = r.bytes_ratio();
         assert!(

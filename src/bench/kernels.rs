@@ -288,6 +288,74 @@ fn layer_rows(rows: usize, cols: usize, dtype: DType) -> Result<Vec<KernelRow>> 
     Ok(v)
 }
 
+/// The overlap kernels (`kernels/overlap/`) through the peer communicator on 2 fresh emulated
+/// GPUs, bf16, tile-aligned shapes (so the fused kernels run), counters summed over both
+/// devices. Ideal bytes, summed over the ranks:
+///
+/// - all-gather + GEMM: the GEMM's (the gathered `[m, k]` input read once, `W` `[n, k]` read
+///   once, `Y` `[m, n]` written once) plus making the own shard visible to the peer (its
+///   `[m/2, k]` read once and written once into the staging buffer);
+/// - GEMM + reduce-scatter: the GEMM's (`X` `[m, k]`, `W`) plus each `[m, n]` partial product
+///   written once (into its owner's staging) and read once (by the owner's reduction), plus
+///   the owner's `[m/2, n]` output written once.
+///
+/// Flag and peer-table traffic is not in the ideal (it is a few sectors per CTA), but the
+/// flag polls are one-sector load requests, which pull these rows' sectors per request down.
+fn overlap_rows(quick: bool) -> Result<Vec<KernelRow>> {
+    use crate::comm::peer::{self, PeerConfig};
+    use crate::comm::Communicator;
+    const RANKS: usize = 2;
+    let (m_local, n, k) = if quick { (64, 64, 64) } else { (128, 256, 256) };
+    let m = RANKS * m_local;
+    let b = |elems: usize| (elems * 2) as u64;
+    let mut out = Vec::new();
+    for fused in ["all_gather_gemm", "gemm_reduce_scatter"] {
+        let devices = (0..RANKS)
+            .map(Device::emu)
+            .collect::<Result<Vec<Device>>>()?;
+        let t0 = Instant::now();
+        peer::launch(&devices, PeerConfig::default(), |ctx| {
+            let (dev, rank) = (&ctx.device, ctx.rank as u64);
+            let s = dev.new_stream()?;
+            let w = tensor(dev, 10 + rank, &[n, k], DType::BF16)?;
+            // Only the overlap call is counted: the inputs' uploads launch no kernel.
+            let work = if fused == "all_gather_gemm" {
+                let x = tensor(dev, 20 + rank, &[m_local, k], DType::BF16)?;
+                let mut y = Tensor::poisoned(dev, [m, n], DType::BF16)?;
+                ctx.comm
+                    .all_gather_gemm(&s, &x, &w, &mut y, Epilogue::None)?
+            } else {
+                let x = tensor(dev, 20 + rank, &[m, k], DType::BF16)?;
+                let mut y = Tensor::poisoned(dev, [m_local, n], DType::BF16)?;
+                ctx.comm.gemm_reduce_scatter(&s, &x, &w, &mut y)?
+            };
+            work.wait()
+        })?;
+        let wall_s = t0.elapsed().as_secs_f64();
+        let mut metrics = Metrics::default();
+        for d in &devices {
+            let m = d.emu_metrics().ok_or_else(|| {
+                Error::invalid("bench kernels", "device", "not an emulated device")
+            })?;
+            metrics.merge(&m);
+        }
+        let per_rank = if fused == "all_gather_gemm" {
+            b(m * k) + b(n * k) + b(m * n) + 2 * b(m_local * k)
+        } else {
+            b(m * k) + b(n * k) + 2 * b(m * n) + b(m_local * n)
+        };
+        out.push(KernelRow {
+            name: format!("{fused} x{RANKS} bf16"),
+            shape: format!("m{m} n{n} k{k}"),
+            metrics,
+            ideal_bytes: RANKS as u64 * per_rank,
+            flops: RANKS as u64 * 2 * (m * n * k) as u64,
+            wall_s,
+        });
+    }
+    Ok(out)
+}
+
 /// Every case of the table; `quick` uses smaller shapes (for tests and CI).
 pub fn bench(quick: bool) -> Result<Vec<KernelRow>> {
     let (rows, cols) = if quick { (64, 256) } else { (256, 1024) };
@@ -311,6 +379,7 @@ pub fn bench(quick: bool) -> Result<Vec<KernelRow>> {
     ] {
         out.push(gemm_row(l, epi, o, g)?);
     }
+    out.extend(overlap_rows(quick)?);
     Ok(out)
 }
 
