@@ -105,7 +105,8 @@ pub(crate) fn enqueue(
     Ok(Work::new(stream.record_event()?, stream.clone(), status))
 }
 
-#[cfg(feature = "mpi")]
+/// The element offset of each of `counts`' consecutive blocks.
+#[cfg(any(feature = "mpi", feature = "nccl"))]
 pub(crate) fn offsets(counts: &[usize]) -> Vec<usize> {
     let mut o = Vec::with_capacity(counts.len());
     let mut acc = 0;
