@@ -24,7 +24,7 @@
 // (a peer failed) or after `spin_limit` polls (0: never), then writes 2 into the abort word
 // (timeout) if it was still 0 and the whole CTA returns without finishing the call.
 
-#include "../include/ft_common.cuh"
+#include "../include/ft_vec.cuh"
 
 namespace {
 
@@ -112,12 +112,44 @@ __device__ __forceinline__ float reduce_at(const FtPeerCollParams& p, uint64_t i
     return acc;
 }
 
+// out[i] = element `at + i` reduced over every rank's staging buffer (rank order, f32), for i in
+// [0, n), the whole grid sharing the work: 16-byte vectors (each thread all ranks' vector i, then
+// one store) when `out` and every source are 16-byte aligned, the rest element by element.
+// Bitwise the element loop's result: the same combines in the same order, one rounding.
+template <typename T>
+__device__ void reduce_range(const FtPeerCollParams& p, T* out, uint64_t at, uint64_t n) {
+    constexpr uint64_t N = FtVec<T>::N;
+    bool vec = ft_aligned(out, 15);
+    for (uint64_t q = 0; q < p.world; ++q) vec = vec && ft_aligned((const T*)stage_of(p, q) + at, 15);
+    uint64_t done = 0;
+    if (vec) {
+        const uint64_t nv = n / N;
+        for (uint64_t i = ft_global_thread(); i < nv; i += ft_grid_threads()) {
+            float acc[N], v[N];
+            ft_load_vec((const T*)stage_of(p, 0) + at, i, acc);
+            for (uint64_t q = 1; q < p.world; ++q) {
+                ft_load_vec((const T*)stage_of(p, q) + at, i, v);
+#pragma unroll
+                for (uint64_t j = 0; j < N; ++j) acc[j] = combine(p.op, acc[j], v[j]);
+            }
+            if (p.op == OP_AVG && p.world > 1) {
+#pragma unroll
+                for (uint64_t j = 0; j < N; ++j) acc[j] = acc[j] / (float)p.world;
+            }
+            ft_store_vec(out, i, acc);
+        }
+        done = nv * N;
+    }
+    for (uint64_t i = done + ft_global_thread(); i < n; i += ft_grid_threads()) {
+        ft_store_f32(out, i, reduce_at<T>(p, at + i));
+    }
+}
+
 // Copies `n` elements of `src` into this rank's staging buffer at element `at`.
 template <typename T>
 __device__ __forceinline__ void stage_in(const FtPeerCollParams& p, const T* src, uint64_t at,
                                          uint64_t n) {
-    T* stage = (T*)stage_of(p, p.rank);
-    for (uint64_t i = ft_global_thread(); i < n; i += ft_grid_threads()) stage[at + i] = src[i];
+    ft_copy_range((T*)stage_of(p, p.rank) + at, src, n);
 }
 
 // One-shot all-reduce (small buffers): stage, barrier, every rank reduces everything, done.
@@ -125,10 +157,7 @@ template <typename T>
 __device__ void all_reduce_one_shot(const FtPeerCollParams& p) {
     stage_in<T>(p, (const T*)p.input, 0, p.count);
     if (!phase_barrier(p, p.epoch + 1)) return;
-    T* out = (T*)p.output;
-    for (uint64_t i = ft_global_thread(); i < p.count; i += ft_grid_threads()) {
-        ft_store_f32(out, i, reduce_at<T>(p, i));
-    }
+    reduce_range<T>(p, (T*)p.output, 0, p.count);
     phase_barrier(p, p.epoch + 3);
 }
 
@@ -142,18 +171,15 @@ __device__ void all_reduce_two_shot(const FtPeerCollParams& p) {
     if (!phase_barrier(p, p.epoch + 1)) return;
     {
         const uint64_t lo = offset_of(p, p.rank), hi = offset_of(p, p.rank + 1);
-        T* mine = (T*)stage_of(p, p.rank);
-        for (uint64_t i = lo + ft_global_thread(); i < hi; i += ft_grid_threads()) {
-            // All sources of element i are read before it is written (by this thread alone).
-            ft_store_f32(mine, i, reduce_at<T>(p, i));
-        }
+        // In place: all sources of an element (or vector) are read before it is written, by
+        // the one thread that owns it.
+        reduce_range<T>(p, (T*)stage_of(p, p.rank) + lo, lo, hi - lo);
     }
     if (!phase_barrier(p, p.epoch + 2)) return;
     T* out = (T*)p.output;
     for (uint64_t q = 0; q < p.world; ++q) {
         const uint64_t lo = offset_of(p, q), hi = offset_of(p, q + 1);
-        const T* src = (const T*)stage_of(p, q);
-        for (uint64_t i = lo + ft_global_thread(); i < hi; i += ft_grid_threads()) out[i] = src[i];
+        ft_copy_range(out + lo, (const T*)stage_of(p, q) + lo, hi - lo);
     }
     phase_barrier(p, p.epoch + 3);
 }
@@ -168,8 +194,7 @@ __device__ void all_gather(const FtPeerCollParams& p) {
     T* out = (T*)p.output;
     for (uint64_t q = 0; q < p.world; ++q) {
         const uint64_t lo = offset_of(p, q), n = offset_of(p, q + 1) - lo;
-        const T* src = (const T*)stage_of(p, q);
-        for (uint64_t i = ft_global_thread(); i < n; i += ft_grid_threads()) out[lo + i] = src[i];
+        ft_copy_range(out + lo, (const T*)stage_of(p, q), n);
     }
     phase_barrier(p, p.epoch + 3);
 }
@@ -181,10 +206,7 @@ __device__ void reduce_scatter(const FtPeerCollParams& p) {
     stage_in<T>(p, (const T*)p.input, 0, offset_of(p, p.world));
     if (!phase_barrier(p, p.epoch + 1)) return;
     const uint64_t lo = offset_of(p, p.rank), n = offset_of(p, p.rank + 1) - lo;
-    T* out = (T*)p.output;
-    for (uint64_t i = ft_global_thread(); i < n; i += ft_grid_threads()) {
-        ft_store_f32(out, i, reduce_at<T>(p, lo + i));
-    }
+    reduce_range<T>(p, (T*)p.output, lo, n);
     phase_barrier(p, p.epoch + 3);
 }
 
@@ -194,9 +216,7 @@ __device__ void broadcast(const FtPeerCollParams& p) {
     if (p.rank == p.root) stage_in<T>(p, (const T*)p.input, 0, p.count);
     if (!phase_barrier(p, p.epoch + 1)) return;
     if (p.rank != p.root) {
-        const T* src = (const T*)stage_of(p, p.root);
-        T* out = (T*)p.output;
-        for (uint64_t i = ft_global_thread(); i < p.count; i += ft_grid_threads()) out[i] = src[i];
+        ft_copy_range((T*)p.output, (const T*)stage_of(p, p.root), p.count);
     }
     phase_barrier(p, p.epoch + 3);
 }

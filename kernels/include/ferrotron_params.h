@@ -346,7 +346,7 @@ typedef struct FtAdamWParams {
 } FtAdamWParams;
 
 /** Flag slots per rank in a peer flag array: the most CTAs a peer-collective launch may use. */
-#define FT_PEER_MAX_CTAS 8
+#define FT_PEER_MAX_CTAS 64
 
 /**
  * Parameters of the peer collectives (kernels/comm/peer.cu): `ft_peer_all_reduce_one_shot_<t>`,

@@ -30,6 +30,7 @@
 // computing its tile and the host reports the failure.
 
 #include "ft_common.cuh"
+#include "ft_vec.cuh"
 #include "ft_epilogues.cuh"  // generated: the epilogue functors ft_epi_<name>
 #include "../gemm/gemm_core.cuh"
 
@@ -47,9 +48,8 @@ __device__ __forceinline__ uint64_t ld_acquire_sys(const uint64_t* p) {
 
 // Launch 1: this rank's shard into its staging buffer, then "chunk ready" = epoch + 1.
 __device__ __forceinline__ void ag_stage(const FtPeerCollParams& p) {
-    const unsigned short* src = static_cast<const unsigned short*>(p.input);
-    unsigned short* stage = reinterpret_cast<unsigned short*>(p.table[p.rank]);
-    for (uint64_t i = ft_global_thread(); i < p.count; i += ft_grid_threads()) stage[i] = src[i];
+    ft_copy_range(reinterpret_cast<__nv_bfloat16*>(p.table[p.rank]),
+                  static_cast<const __nv_bfloat16*>(p.input), p.count);
     __syncthreads();  // this CTA's share is written
     if (threadIdx.x == 0) {
         __threadfence_system();

@@ -85,7 +85,7 @@ mod symmetric;
 /// The image of `kernels/comm/peer.cu`.
 const MODULE: &str = "comm/peer";
 /// Flag slots per rank (`FT_PEER_MAX_CTAS` in `ferrotron_params.h`).
-const MAX_CTAS: u32 = 8;
+const MAX_CTAS: u32 = 64;
 /// The image of `kernels/overlap/ag_gemm.cu`.
 const OVERLAP_MODULE: &str = "overlap/ag_gemm";
 
@@ -111,8 +111,10 @@ pub struct PeerConfig {
     pub staging_bytes: usize,
     /// All-reduce of at most this many bytes (per chunk) is one-shot, larger is two-shot.
     pub one_shot_max_bytes: usize,
-    /// CTAs per launch, clamped to 1..=8 and to what the emulator keeps resident (4): every
-    /// CTA of a launch must be resident at once.
+    /// CTAs per launch (0: automatic), clamped to 1..=64, to `256 / ranks` (a barrier's waiting
+    /// threads) and on emulated devices to what the emulator keeps resident (4): every CTA of a
+    /// launch must be resident at once. Automatic: 2 on emulated devices (they run on host
+    /// threads), on GPUs as many as allowed (a bandwidth-bound copy needs many SMs).
     pub ctas: u32,
     /// Polls of one flag before a kernel gives up with a timeout (0: never).
     pub spin_limit: u64,
@@ -124,7 +126,7 @@ impl Default for PeerConfig {
             comm: CommConfig::default(),
             staging_bytes: 1 << 20,
             one_shot_max_bytes: 64 << 10,
-            ctas: 2,
+            ctas: 0,
             spin_limit: 1 << 26,
         }
     }
@@ -395,18 +397,21 @@ impl PeerComm {
         }
         // Every CTA of a launch must be resident at once (CTAs wait for each other's flags); the
         // emulator keeps `LaunchConfig::resident_ctas` of a launch resident, a GPU many more.
-        let resident = match kind {
-            BackendKind::Emu => ptx_emu::LaunchConfig::default().resident_ctas,
-            _ => MAX_CTAS,
+        let (resident, auto) = match kind {
+            BackendKind::Emu => (ptx_emu::LaunchConfig::default().resident_ctas, 2),
+            _ => (MAX_CTAS, MAX_CTAS),
         };
-        let ctas = config.ctas.clamp(1, MAX_CTAS.min(resident));
-        if world * ctas as usize > BLOCK as usize {
+        if world > BLOCK as usize {
             return Err(Error::invalid(
                 OP,
                 "devices",
-                format!("at most {} ranks with {ctas} CTAs", BLOCK / ctas),
+                format!("at most {BLOCK} ranks in a peer group, got {world}"),
             ));
         }
+        // A barrier's waiting threads: one per (rank, CTA) slot, within one block.
+        let fit = BLOCK / world as u32;
+        let asked = if config.ctas == 0 { auto } else { config.ctas };
+        let ctas = asked.clamp(1, MAX_CTAS.min(resident).min(fit));
         if config.staging_bytes == 0 {
             return Err(Error::invalid(OP, "staging_bytes", "must be positive"));
         }
