@@ -353,6 +353,24 @@ struct Launch {
     root: u64,
 }
 
+impl Launch {
+    /// A launch of `function` (image `module`) with no operands, in the call's first epoch
+    /// block; set the rest with struct-update syntax.
+    fn new(module: &'static str, function: impl Into<String>) -> Launch {
+        Launch {
+            module,
+            epoch_block: 0,
+            gemm: None,
+            function: function.into(),
+            input: 0,
+            output: 0,
+            count: 0,
+            offsets: Vec::new(),
+            root: 0,
+        }
+    }
+}
+
 /// The GEMM launch of an all-gather + GEMM (device addresses as `u64`: the launch is sent to
 /// the stream worker).
 #[derive(Clone, Debug)]
@@ -599,15 +617,14 @@ impl PeerComm {
         let mut sig = Self::sig(CollOp::ReduceScatter, Some(dtype), counts.clone());
         sig.redop = Some(op);
         let launch = Launch {
-            module: MODULE,
-            epoch_block: 0,
-            gemm: None,
-            function: format!("ft_peer_reduce_scatter_{}", Self::suffix(dtype)),
             input: Self::addr(stream, input),
             output: Self::addr(stream, output),
             count: total as u64,
             offsets: offsets(&counts),
-            root: 0,
+            ..Launch::new(
+                MODULE,
+                format!("ft_peer_reduce_scatter_{}", Self::suffix(dtype)),
+            )
         };
         self.enqueue(
             stream,
@@ -674,19 +691,11 @@ impl PeerComm {
             redop: None,
         };
         let stage = Launch {
-            module: OVERLAP_MODULE,
-            epoch_block: 0,
-            gemm: None,
-            function: "ft_ag_gemm_stage_bf16".into(),
             input: Self::addr(stream, x),
-            output: 0,
             count: (m_local * k) as u64,
-            offsets: Vec::new(),
-            root: 0,
+            ..Launch::new(OVERLAP_MODULE, "ft_ag_gemm_stage_bf16")
         };
         let gemm = Launch {
-            module: OVERLAP_MODULE,
-            epoch_block: 0,
             gemm: Some(AgGemmLaunch {
                 a: 0,
                 w: Self::addr(stream, w),
@@ -697,26 +706,11 @@ impl PeerComm {
                 k: k as u64,
                 shape,
             }),
-            function: format!("ft_ag_gemm_nt_{epi}_bf16{suffix}"),
-            input: 0,
-            output: 0,
-            count: 0,
-            offsets: Vec::new(),
-            root: 0,
+            ..Launch::new(OVERLAP_MODULE, format!("ft_ag_gemm_nt_{epi}_bf16{suffix}"))
         };
         // The "done" barrier (epoch + 3) of the same epoch block: no rank overwrites its
         // staging buffer (next call) while a peer may still read it.
-        let done = Launch {
-            module: MODULE,
-            epoch_block: 0,
-            gemm: None,
-            function: "ft_peer_barrier".into(),
-            input: 0,
-            output: 0,
-            count: 0,
-            offsets: Vec::new(),
-            root: 0,
-        };
+        let done = Launch::new(MODULE, "ft_peer_barrier");
         Some((sig, vec![stage, gemm, done]))
     }
 
@@ -754,18 +748,6 @@ impl PeerComm {
             root: None,
             redop: None,
         };
-        let plain =
-            |function: &str, epoch_block: u64, module: &'static str, count: u64, output| Launch {
-                module,
-                epoch_block,
-                gemm: None,
-                function: function.into(),
-                input: 0,
-                output,
-                count,
-                offsets: Vec::new(),
-                root: 0,
-            };
         let gemm = Launch {
             gemm: Some(AgGemmLaunch {
                 a: Self::addr(stream, x),
@@ -777,13 +759,7 @@ impl PeerComm {
                 k: k as u64,
                 shape,
             }),
-            ..plain(
-                &format!("ft_gemm_rs_nt_bf16{suffix}"),
-                0,
-                GEMM_RS_MODULE,
-                0,
-                0,
-            )
+            ..Launch::new(GEMM_RS_MODULE, format!("ft_gemm_rs_nt_bf16{suffix}"))
         };
         let count = (m_local * n) as u64;
         Some((
@@ -791,16 +767,18 @@ impl PeerComm {
             vec![
                 gemm,
                 // Every tile has landed in its owner's staging buffer.
-                plain("ft_peer_barrier", 0, MODULE, 0, 0),
-                plain(
-                    "ft_gemm_rs_reduce_bf16",
-                    1,
-                    GEMM_RS_MODULE,
+                Launch::new(MODULE, "ft_peer_barrier"),
+                Launch {
+                    epoch_block: 1,
                     count,
-                    Self::addr(stream, y),
-                ),
+                    output: Self::addr(stream, y),
+                    ..Launch::new(GEMM_RS_MODULE, "ft_gemm_rs_reduce_bf16")
+                },
                 // Done: no rank pushes its next call's tiles while an owner still reduces.
-                plain("ft_peer_barrier", 1, MODULE, 0, 0),
+                Launch {
+                    epoch_block: 1,
+                    ..Launch::new(MODULE, "ft_peer_barrier")
+                },
             ],
         ))
     }
@@ -821,15 +799,13 @@ impl PeerComm {
         self.staging_check(OP, "input", largest, dtype)?;
         let sig = Self::sig(CollOp::AllGather, Some(dtype), counts.clone());
         let launch = Launch {
-            module: MODULE,
-            epoch_block: 0,
-            gemm: None,
-            function: format!("ft_peer_all_gather_{}", Self::suffix(dtype)),
             input: Self::addr(stream, input),
             output: Self::addr(stream, output),
-            count: 0,
             offsets: offsets(&counts),
-            root: 0,
+            ..Launch::new(
+                MODULE,
+                format!("ft_peer_all_gather_{}", Self::suffix(dtype)),
+            )
         };
         self.enqueue(
             stream,
@@ -995,15 +971,12 @@ impl Communicator for PeerComm {
                 )
             };
             launches.push(Launch {
-                module: MODULE,
                 epoch_block: launches.len() as u64,
-                gemm: None,
-                function,
                 input: at,
                 output: at,
                 count: len as u64,
                 offsets,
-                root: 0,
+                ..Launch::new(MODULE, function)
             });
             lo += len;
         }
@@ -1050,15 +1023,11 @@ impl Communicator for PeerComm {
         let mut sig = Self::sig(CollOp::Broadcast, Some(dtype), vec![n]);
         sig.root = Some(root);
         let launch = Launch {
-            module: MODULE,
-            epoch_block: 0,
-            gemm: None,
-            function: format!("ft_peer_broadcast_{}", Self::suffix(dtype)),
             input: Self::addr(stream, buf),
             output: Self::addr(stream, buf),
             count: n as u64,
-            offsets: Vec::new(),
             root: root as u64,
+            ..Launch::new(MODULE, format!("ft_peer_broadcast_{}", Self::suffix(dtype)))
         };
         self.enqueue(stream, OP, sig, 0, &[], &[("buf", &*buf)], vec![launch])
     }
@@ -1139,17 +1108,7 @@ impl Communicator for PeerComm {
 
     fn barrier(&self, stream: &Stream) -> Result<Work> {
         let sig = Self::sig(CollOp::Barrier, None, vec![]);
-        let launch = Launch {
-            module: MODULE,
-            epoch_block: 0,
-            gemm: None,
-            function: "ft_peer_barrier".into(),
-            input: 0,
-            output: 0,
-            count: 0,
-            offsets: Vec::new(),
-            root: 0,
-        };
+        let launch = Launch::new(MODULE, "ft_peer_barrier");
         self.enqueue(stream, "barrier", sig, 0, &[], &[], vec![launch])
     }
 
