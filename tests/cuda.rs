@@ -9,17 +9,10 @@ mod common;
 use common::watchdog;
 use ferrotron::{check, ops, DType, Device, Error, Tensor};
 
-/// The GPU to test on, or `None` after printing why not (panics if a GPU is required).
+/// GPU 0, or `None` after printing why not (panics if a GPU is required): see
+/// [`common::gpus_or_skip`].
 fn gpu_or_skip(test: &str) -> Option<Device> {
-    let required = std::env::var("FERROTRON_REQUIRE_GPU").as_deref() == Ok("1");
-    match ferrotron::backend::cuda::unavailable_reason() {
-        None => Some(Device::cuda(0).expect("a device is present")),
-        Some(why) if required => panic!("{test}: FERROTRON_REQUIRE_GPU=1 but no GPU: {why}"),
-        Some(why) => {
-            eprintln!("SKIP {test}: no GPU ({why})");
-            None
-        }
-    }
+    (common::gpus_or_skip(test) > 0).then(|| Device::cuda(0).expect("a device is present"))
 }
 
 #[test]
