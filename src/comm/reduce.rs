@@ -1,5 +1,7 @@
-//! The arithmetic of the in-process collectives: deterministic reductions of slices that live in
-//! other ranks' buffers, reached through raw pointers published at a rendezvous.
+//! The arithmetic of the host-memory collectives: deterministic reductions and copies of slices
+//! that live in other ranks' buffers, reached through raw pointers published at a rendezvous.
+//! The loops themselves are the `hostmem` crate's (optimised even in debug builds); this module
+//! maps the communicators' buffers and operations onto them.
 //!
 //! Determinism: element `i` of a result is always `((src_0[i] op src_1[i]) op src_2[i]) ...` in
 //! rank order, accumulated in f32 (bf16 widened), rounded once on store. No matter how the work
@@ -7,7 +9,7 @@
 
 use super::ReduceOp;
 use crate::dtype::DType;
-use half::bf16;
+use std::cell::Cell;
 
 /// A rank's buffer as published at a rendezvous: valid, and not accessed by its owner, until the
 /// collective's closing barrier.
@@ -24,79 +26,58 @@ unsafe impl Send for Raw {}
 // SAFETY: as above.
 unsafe impl Sync for Raw {}
 
-const CHUNK: usize = 2048;
-
-#[inline(always)]
-fn combine(op: ReduceOp, a: f32, b: f32) -> f32 {
-    match op {
-        ReduceOp::Sum | ReduceOp::Avg => a + b,
-        // NaN propagates: a comparison with NaN is false, so check explicitly.
-        ReduceOp::Max => {
-            if a.is_nan() || b.is_nan() {
-                f32::NAN
-            } else {
-                a.max(b)
-            }
-        }
-        ReduceOp::Min => {
-            if a.is_nan() || b.is_nan() {
-                f32::NAN
-            } else {
-                a.min(b)
-            }
-        }
+impl Raw {
+    /// The address of element `off`.
+    ///
+    /// # Safety
+    /// `off <= len`.
+    unsafe fn at(self, off: usize) -> *mut u8 {
+        debug_assert!(off <= self.len);
+        // SAFETY: per this function's contract, within (or one past) the buffer.
+        unsafe { self.ptr.add(off * self.dtype.size_in_bytes()) }
     }
 }
 
-/// # Safety
-/// `p` must point to at least `off + n` elements of `dtype` that no one writes concurrently.
-unsafe fn load(dtype: DType, p: *const u8, off: usize, out: &mut [f32]) {
-    match dtype {
-        DType::F32 => {
-            // SAFETY: the caller guarantees `off + out.len()` readable f32 elements.
-            let s = unsafe { std::slice::from_raw_parts((p as *const f32).add(off), out.len()) };
-            out.copy_from_slice(s);
-        }
-        DType::BF16 => {
-            // SAFETY: as above, for bf16 elements.
-            let s = unsafe { std::slice::from_raw_parts((p as *const bf16).add(off), out.len()) };
-            for (o, v) in out.iter_mut().zip(s) {
-                *o = v.to_f32();
-            }
-        }
-        _ => unreachable!("validated: f32 or bf16"),
-    }
+thread_local! {
+    /// Source and destination address lists handed to `hostmem`, reused call after call so the
+    /// collectives' hot path does not allocate.
+    static ADDRS: Cell<(Vec<*const u8>, Vec<*mut u8>)> = const { Cell::new((Vec::new(), Vec::new())) };
 }
 
-/// # Safety
-/// `p` must point to at least `off + n` elements of `dtype` that no one else accesses
-/// concurrently.
-unsafe fn store(dtype: DType, p: *mut u8, off: usize, v: &[f32]) {
+/// Runs `f` with this thread's address lists, filled with the addresses of `srcs` and `dsts`.
+fn with_addrs(
+    srcs: &[(Raw, usize)],
+    dsts: &[(Raw, usize)],
+    f: impl FnOnce(&[*const u8], &[*mut u8]),
+) {
+    let (mut s, mut d) = ADDRS.with(|a| a.take());
+    s.clear();
+    d.clear();
+    // SAFETY: the callers' contracts put every offset within its buffer.
+    s.extend(srcs.iter().map(|&(r, o)| unsafe { r.at(o) }.cast_const()));
+    // SAFETY: as above.
+    d.extend(dsts.iter().map(|&(r, o)| unsafe { r.at(o) }));
+    f(&s, &d);
+    ADDRS.with(|a| a.set((s, d)));
+}
+
+/// The `hostmem` element type of a communicator dtype.
+fn elem(dtype: DType) -> hostmem::Elem {
     match dtype {
-        DType::F32 => {
-            // SAFETY: the caller guarantees exclusive access to this range.
-            let d = unsafe { std::slice::from_raw_parts_mut((p as *mut f32).add(off), v.len()) };
-            d.copy_from_slice(v);
-        }
-        DType::BF16 => {
-            // SAFETY: as above.
-            let d = unsafe { std::slice::from_raw_parts_mut((p as *mut bf16).add(off), v.len()) };
-            for (o, x) in d.iter_mut().zip(v) {
-                *o = bf16::from_f32(*x);
-            }
-        }
+        DType::F32 => hostmem::Elem::F32,
+        DType::BF16 => hostmem::Elem::BF16,
         _ => unreachable!("validated: f32 or bf16"),
     }
 }
 
 /// Reduces `n` elements: for each `i`, `srcs[0][i] op srcs[1][i] op ...` (rank order; Avg divides
-/// by `srcs.len()`), and writes the result to every destination.
+/// by `srcs.len()`), and writes the result to every destination ([`hostmem::reduce`]).
 ///
 /// # Safety
 /// Every `(raw, off)` in `srcs` must have `off + n` readable elements not written concurrently;
 /// every one in `dsts` must have `off + n` elements that no one else reads or writes
 /// concurrently (a source range may coincide with a destination range only when the same
-/// caller owns both).
+/// caller owns both, and then exactly).
 pub(crate) unsafe fn reduce_to(
     op: ReduceOp,
     srcs: &[(Raw, usize)],
@@ -104,44 +85,42 @@ pub(crate) unsafe fn reduce_to(
     n: usize,
 ) {
     debug_assert!(srcs.iter().chain(dsts).all(|(r, o)| o + n <= r.len));
-    let mut acc = [0f32; CHUNK];
-    let mut tmp = [0f32; CHUNK];
-    let mut done = 0;
-    while done < n {
-        let c = CHUNK.min(n - done);
-        let (acc, tmp) = (&mut acc[..c], &mut tmp[..c]);
-        let (r0, o0) = srcs[0];
-        // SAFETY: per this function's contract.
-        unsafe { load(r0.dtype, r0.ptr, o0 + done, acc) };
-        for &(r, o) in &srcs[1..] {
-            // SAFETY: per this function's contract.
-            unsafe { load(r.dtype, r.ptr, o + done, tmp) };
-            match op {
-                ReduceOp::Sum | ReduceOp::Avg => {
-                    for (a, b) in acc.iter_mut().zip(tmp.iter()) {
-                        *a += *b;
-                    }
-                }
-                _ => {
-                    for (a, b) in acc.iter_mut().zip(tmp.iter()) {
-                        *a = combine(op, *a, *b);
-                    }
-                }
-            }
-        }
-        if op == ReduceOp::Avg && srcs.len() > 1 {
-            // Multiplying by 1/n would round twice; divide to match the reference exactly.
-            let n = srcs.len() as f32;
-            for a in acc.iter_mut() {
-                *a /= n;
-            }
-        }
-        for &(d, o) in dsts {
-            // SAFETY: per this function's contract.
-            unsafe { store(d.dtype, d.ptr, o + done, acc) };
-        }
-        done += c;
-    }
+    debug_assert!(srcs
+        .iter()
+        .chain(dsts)
+        .all(|(r, _)| r.dtype == srcs[0].0.dtype));
+    let op = match op {
+        ReduceOp::Sum => hostmem::Op::Sum,
+        ReduceOp::Avg => hostmem::Op::Avg,
+        ReduceOp::Max => hostmem::Op::Max,
+        ReduceOp::Min => hostmem::Op::Min,
+    };
+    let Some(&(first, _)) = srcs.first() else {
+        return;
+    };
+    with_addrs(srcs, dsts, |s, d| {
+        // SAFETY: per this function's contract, which is `hostmem::reduce`'s.
+        unsafe { hostmem::reduce(elem(first.dtype), op, s, d, n) }
+    });
+}
+
+/// Copies `n` elements from `src` at its offset to every destination at its offset (same
+/// dtype), reading `src` from memory once however many destinations there are
+/// ([`hostmem::copy_to`]). A destination equal to the source (same buffer and offset) is skipped.
+///
+/// # Safety
+/// `src` must have `off + n` readable elements not written concurrently, and every destination
+/// `off + n` elements that no one else accesses concurrently; destinations must not overlap the
+/// source or each other unless they are the source exactly.
+pub(crate) unsafe fn copy_to(src: (Raw, usize), dsts: &[(Raw, usize)], n: usize) {
+    debug_assert!(src.1 + n <= src.0.len);
+    debug_assert!(dsts
+        .iter()
+        .all(|(d, o)| o + n <= d.len && d.dtype == src.0.dtype));
+    with_addrs(&[src], dsts, |s, d| {
+        // SAFETY: per this function's contract, which is `hostmem::copy_to`'s.
+        unsafe { hostmem::copy_to(s[0], d, n * src.0.dtype.size_in_bytes()) }
+    });
 }
 
 /// Copies `n` elements from `src` at `src_off` to `dst` at `dst_off` (same dtype).

@@ -332,8 +332,12 @@ impl Group {
             round.arrivals[me] = Some(arrival);
             round.seen[me] = true;
             round.arrived += 1;
+            // Only the last arrival changes what the others wait for: waking them earlier would
+            // cost every waiter a context switch per arrival.
+            if round.arrived == size {
+                self.cv.notify_all();
+            }
         }
-        self.cv.notify_all();
         let what = |st: &GroupState| {
             let missing: Vec<usize> = st
                 .rounds
@@ -382,8 +386,11 @@ impl Group {
         // Closing barrier: nobody releases a buffer while a peer may still touch it. Bodies never
         // block, so every rank that arrived gets here; no deadline is needed.
         let mut st = self.lock();
-        st.rounds.get_mut(&seq).expect("round").finished += 1;
-        self.cv.notify_all();
+        let round = st.rounds.get_mut(&seq).expect("round");
+        round.finished += 1;
+        if round.finished == size {
+            self.cv.notify_all();
+        }
         while st.rounds[&seq].finished < size {
             st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
         }
@@ -582,14 +589,30 @@ impl ThreadComm {
                     output: Some(w[0]),
                     split: (0, 0),
                 };
-                sh.group.collective(sh.rank, seq, arrival, |all| {
-                    let mut off = 0;
-                    for (q, a) in all.iter().enumerate() {
-                        // SAFETY: inputs are read-only for everyone during the collective; this rank
-                        // writes only its own output.
-                        unsafe { reduce::copy(a.input.expect("input"), 0, w[0], off, counts[q]) };
-                        off += counts[q];
-                    }
+                let me = sh.rank;
+                sh.group.collective(me, seq, arrival, |all| {
+                    // Rank `me` fills positions [lo, hi) of every output, reading each input
+                    // element there once (the inputs cover the output's positions in rank order).
+                    let total: usize = counts.iter().sum();
+                    let (lo, hi) = Self::block(total, all.len(), me);
+                    with_slices(|outs| {
+                        outs.extend(all.iter().map(|a| (a.output.expect("output"), 0)));
+                        let mut start = 0;
+                        for (q, a) in all.iter().enumerate() {
+                            let (a_lo, a_hi) = (start.max(lo), (start + counts[q]).min(hi));
+                            if a_lo < a_hi {
+                                for o in outs.iter_mut() {
+                                    o.1 = a_lo;
+                                }
+                                let src = (a.input.expect("input"), a_lo - start);
+                                // SAFETY: inputs are read-only for everyone during the
+                                // collective; positions [lo, hi) of every output are written by
+                                // this rank alone (blocks are disjoint per rank).
+                                unsafe { reduce::copy_to(src, outs, a_hi - a_lo) };
+                            }
+                            start += counts[q];
+                        }
+                    });
                 })?;
                 Ok(())
             },
@@ -702,11 +725,17 @@ impl Communicator for ThreadComm {
             };
             let me = sh.rank;
             sh.group.collective(me, seq, arrival, |all| {
-                if me != root {
-                    // SAFETY: the root's buffer is only read during the collective; this rank
-                    // writes only its own.
-                    unsafe { reduce::copy(all[root].output.expect("buf"), 0, w[0], 0, n) };
-                }
+                // Rank `me` copies block `me` of the root's buffer into every other buffer: the
+                // root's data is read from memory once, not once per rank.
+                let (lo, hi) = Self::block(n, all.len(), me);
+                with_slices(|dsts| {
+                    dsts.extend(all.iter().map(|a| (a.output.expect("buf"), lo)));
+                    let src = (all[root].output.expect("buf"), lo);
+                    // SAFETY: block [lo, hi) of every buffer is accessed by this rank alone
+                    // (blocks are disjoint per rank); the root's block is only read (copy_to
+                    // skips it as a destination).
+                    unsafe { reduce::copy_to(src, dsts, hi - lo) };
+                });
             })?;
             Ok(())
         })
