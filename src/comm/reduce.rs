@@ -107,19 +107,27 @@ pub(crate) unsafe fn reduce_to(
 /// Copies `n` elements from `src` at its offset to every destination at its offset (same
 /// dtype), reading `src` from memory once however many destinations there are
 /// ([`hostmem::copy_to`]). A destination equal to the source (same buffer and offset) is skipped.
+/// `total_bytes`, what the whole collective writes (every rank together), chooses between
+/// cached and streaming stores ([`hostmem::Stores::for_total`]).
 ///
 /// # Safety
 /// `src` must have `off + n` readable elements not written concurrently, and every destination
 /// `off + n` elements that no one else accesses concurrently; destinations must not overlap the
 /// source or each other unless they are the source exactly.
-pub(crate) unsafe fn copy_to(src: (Raw, usize), dsts: &[(Raw, usize)], n: usize) {
+pub(crate) unsafe fn copy_to(
+    src: (Raw, usize),
+    dsts: &[(Raw, usize)],
+    n: usize,
+    total_bytes: usize,
+) {
     debug_assert!(src.1 + n <= src.0.len);
     debug_assert!(dsts
         .iter()
         .all(|(d, o)| o + n <= d.len && d.dtype == src.0.dtype));
     with_addrs(&[src], dsts, |s, d| {
+        let stores = hostmem::Stores::for_total(total_bytes);
         // SAFETY: per this function's contract, which is `hostmem::copy_to`'s.
-        unsafe { hostmem::copy_to(s[0], d, n * src.0.dtype.size_in_bytes()) }
+        unsafe { hostmem::copy_to(s[0], d, n * src.0.dtype.size_in_bytes(), stores) }
     });
 }
 

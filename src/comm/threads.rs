@@ -595,6 +595,7 @@ impl ThreadComm {
                     // element there once (the inputs cover the output's positions in rank order).
                     let total: usize = counts.iter().sum();
                     let (lo, hi) = Self::block(total, all.len(), me);
+                    let total_bytes = total * dtype.size_in_bytes() * all.len();
                     with_slices(|outs| {
                         outs.extend(all.iter().map(|a| (a.output.expect("output"), 0)));
                         let mut start = 0;
@@ -608,7 +609,7 @@ impl ThreadComm {
                                 // SAFETY: inputs are read-only for everyone during the
                                 // collective; positions [lo, hi) of every output are written by
                                 // this rank alone (blocks are disjoint per rank).
-                                unsafe { reduce::copy_to(src, outs, a_hi - a_lo) };
+                                unsafe { reduce::copy_to(src, outs, a_hi - a_lo, total_bytes) };
                             }
                             start += counts[q];
                         }
@@ -731,10 +732,11 @@ impl Communicator for ThreadComm {
                 with_slices(|dsts| {
                     dsts.extend(all.iter().map(|a| (a.output.expect("buf"), lo)));
                     let src = (all[root].output.expect("buf"), lo);
+                    let total_bytes = n * dtype.size_in_bytes() * (all.len() - 1);
                     // SAFETY: block [lo, hi) of every buffer is accessed by this rank alone
                     // (blocks are disjoint per rank); the root's block is only read (copy_to
                     // skips it as a destination).
-                    unsafe { reduce::copy_to(src, dsts, hi - lo) };
+                    unsafe { reduce::copy_to(src, dsts, hi - lo, total_bytes) };
                 });
             })?;
             Ok(())

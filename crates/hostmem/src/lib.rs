@@ -7,7 +7,8 @@
 //!   the order of the sources, accumulated in f32 (bf16 widened) and rounded once on store, then
 //!   written to every destination. Deterministic: the bits depend only on the inputs and their
 //!   order, never on how the work is split or scheduled.
-//! - [`copy_to`]: one source range copied to several destinations.
+//! - [`copy_to`]: one source range copied to several destinations, with streaming stores when
+//!   the collective's output is larger than the last-level cache ([`Stores`]).
 //!
 //! Both pass over memory once. A reduction step loads [`LANES`] elements of every source into
 //! registers, folds them and stores the result to every destination before moving on (no
@@ -22,10 +23,12 @@
 mod bf16;
 mod copy;
 mod reduce;
+mod stream;
 
 pub use bf16::{bf16_to_f32, f32_to_bf16};
 pub use copy::copy_to;
 pub use reduce::{reduce, LANES};
+pub use stream::{last_level_cache_bytes, Stores};
 
 /// The element types the reductions handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
