@@ -12,13 +12,12 @@ pub fn bf16_to_f32(b: u16) -> f32 {
 #[inline(always)]
 pub fn f32_to_bf16(x: f32) -> u16 {
     let b = x.to_bits();
-    if x.is_nan() {
-        ((b >> 16) | 0x40) as u16
-    } else {
-        // Adding 0x7fff (+1 when the kept part is odd) carries into bit 16 exactly when the
-        // dropped half is above one half, or equal to it with an odd kept part.
-        ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
-    }
+    // Adding 0x7fff (+1 when the kept part is odd) carries into bit 16 exactly when the dropped
+    // half is above one half, or equal to it with an odd kept part.
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    let quiet_nan = (b >> 16) | 0x40;
+    let is_nan = (b & 0x7fff_ffff) > 0x7f80_0000;
+    (if is_nan { quiet_nan } else { rounded }) as u16
 }
 
 #[cfg(test)]
