@@ -550,3 +550,64 @@ fn the_comm_benchmark_checks_its_results() {
         }
     });
 }
+
+/// Collectives whose outputs exceed the last-level cache copy with streaming stores (all-gather,
+/// broadcast) and reduce in one pass over buffers the cache cannot hold: still exact, every
+/// element, on every rank.
+#[test]
+fn collectives_larger_than_the_cache_are_exact() {
+    watchdog(120, "large collectives", || {
+        let world = 4;
+        // Twice the cache in all, written by the collective (bounded: a machine with a huge
+        // cache tests the cached path only, and says so).
+        let llc = hostmem::last_level_cache_bytes();
+        let written = 2 * llc.min(256 << 20);
+        if llc > 256 << 20 {
+            println!("NOTE: last-level cache {llc} B: the streaming path is not exercised here");
+        }
+        let m = written / 4 / world / world; // f32 elements per rank's block
+                                             // Exact small integers, distinct per rank and position.
+        let value = |r: usize, i: usize| ((r * m + i) % (1 << 24)) as f64;
+        let got = launch_with(world, BackendKind::Cpu, short(), |ctx| {
+            let s = ctx.device.new_stream()?;
+            let r = ctx.rank;
+            let block: Vec<f64> = (0..m).map(|i| value(r, i)).collect();
+            let x = Tensor::from_f64(&ctx.device, &block, [m], DType::F32)?;
+            let mut ag = Tensor::poisoned(&ctx.device, [world * m], DType::F32)?;
+            ctx.comm.all_gather(&s, &x, &mut ag)?;
+            let mut bc = if r == 1 {
+                Tensor::from_f64(
+                    &ctx.device,
+                    &ag_want(world, m, &value),
+                    [world * m],
+                    DType::F32,
+                )?
+            } else {
+                Tensor::poisoned(&ctx.device, [world * m], DType::F32)?
+            };
+            ctx.comm.broadcast(&s, &mut bc, 1)?;
+            let mut ar = Tensor::from_f64(
+                &ctx.device,
+                &ag_want(world, m, &value),
+                [world * m],
+                DType::F32,
+            )?;
+            ctx.comm.all_reduce(&s, &mut ar, ReduceOp::Sum)?.wait()?;
+            Ok((ag.to_f64_vec(&s)?, bc.to_f64_vec(&s)?, ar.to_f64_vec(&s)?))
+        })
+        .unwrap();
+        let want = ag_want(world, m, &value);
+        for (r, (ag, bc, ar)) in got.iter().enumerate() {
+            let wrong =
+                |v: &[f64], k: f64| v.iter().zip(&want).filter(|(g, w)| **g != k * **w).count();
+            assert_eq!(wrong(ag, 1.0), 0, "all_gather of {written} B: rank {r}");
+            assert_eq!(wrong(bc, 1.0), 0, "broadcast: rank {r}");
+            assert_eq!(wrong(ar, world as f64), 0, "all_reduce: rank {r}");
+        }
+    });
+}
+
+/// The all-gather of `value(rank, i)` blocks of `m` elements.
+fn ag_want(world: usize, m: usize, value: &dyn Fn(usize, usize) -> f64) -> Vec<f64> {
+    (0..world * m).map(|j| value(j / m, j % m)).collect()
+}
