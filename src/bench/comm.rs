@@ -51,6 +51,30 @@ impl BenchOp {
     }
 }
 
+/// The bytes `op` must at least read and write, per byte of its nccl-tests size, on `n` ranks
+/// together: (reads, writes). All-reduce is in place (every buffer read and rewritten),
+/// all-gather reads each input once and writes every output, reduce-scatter reads every input
+/// and writes one block per rank, broadcast reads the root's buffer and writes every other.
+pub fn minimal_traffic(op: BenchOp, n: usize) -> (f64, f64) {
+    let n = n as f64;
+    match op {
+        BenchOp::AllReduce => (n, n),
+        BenchOp::AllGather => (1.0, n),
+        BenchOp::ReduceScatter => (n, 1.0),
+        BenchOp::Broadcast => (1.0, n - 1.0),
+    }
+}
+
+/// The highest bus bandwidth `op` could reach on `n` ranks sharing one memory that reads at
+/// `rates.read_gbps` and writes at `rates.write_gbps`, reads and writes overlapping perfectly:
+/// its [`minimal_traffic`] at those rates sets the shortest time. An upper bound (a roofline),
+/// not a prediction.
+pub fn roofline_busbw(op: BenchOp, n: usize, rates: crate::bench::MemoryRates) -> f64 {
+    let (reads, writes) = minimal_traffic(op, n);
+    let secs_per_byte = (reads / rates.read_gbps).max(writes / rates.write_gbps);
+    op.bus_factor(n) / secs_per_byte
+}
+
 /// Benchmark settings.
 #[derive(Clone, Debug)]
 pub struct CommBench {
@@ -248,4 +272,40 @@ pub fn table(cfg: &CommBench, ranks: usize, backend: &str, rows: &[BenchRow]) ->
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::MemoryRates;
+
+    #[test]
+    fn the_roofline_follows_from_the_minimal_traffic() {
+        let even = MemoryRates {
+            read_gbps: 40.0,
+            write_gbps: 40.0,
+        };
+        // 4 ranks: all-reduce moves 4x in and 4x out at 40 GB/s: 0.1 ns per byte, busbw factor 1.5.
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9 * b;
+        assert!(close(roofline_busbw(BenchOp::AllReduce, 4, even), 15.0));
+        assert!(close(roofline_busbw(BenchOp::AllGather, 4, even), 7.5));
+        assert!(close(roofline_busbw(BenchOp::ReduceScatter, 4, even), 7.5));
+        assert!(close(
+            roofline_busbw(BenchOp::Broadcast, 4, even),
+            40.0 / 3.0
+        ));
+        // The slower side decides: all-gather writes 4x but reads 1x.
+        let slow_reads = MemoryRates {
+            read_gbps: 5.0,
+            write_gbps: 40.0,
+        };
+        assert!(close(
+            roofline_busbw(BenchOp::AllGather, 4, slow_reads),
+            7.5
+        ));
+        assert!(close(
+            roofline_busbw(BenchOp::AllReduce, 4, slow_reads),
+            1.875
+        ));
+    }
 }

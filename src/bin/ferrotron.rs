@@ -377,11 +377,7 @@ fn bench_comm(what: BenchWhat) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         if rank == 0 {
             print!("{}", comm::table(&cfg, world, "mpi", &rows));
-            println!(
-                "# baseline: single-thread memcpy of {} bytes: {:.2} GB/s (same run)",
-                cfg.max_bytes,
-                ferrotron::bench::memcpy_gbps(cfg.max_bytes)
-            );
+            print!("{}", comm_baselines(&cfg, world));
         }
         let wrong: usize = rows.iter().map(|r| r.wrong).sum();
         return if wrong == 0 {
@@ -405,17 +401,7 @@ fn bench_comm(what: BenchWhat) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     print!("{}", comm::table(&cfg, ranks, "threads", &rows[0]));
     let wrong: usize = rows.iter().flatten().map(|r| r.wrong).sum();
-    println!(
-        "# baseline: single-thread memcpy of {} bytes: {:.2} GB/s (same run)",
-        cfg.max_bytes,
-        ferrotron::bench::memcpy_gbps(cfg.max_bytes)
-    );
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "# baseline: {cores}-thread memcpy of {} bytes: {:.2} GB/s (all cores at once: the memory's rate)",
-        cfg.max_bytes,
-        ferrotron::bench::memcpy_parallel_gbps(cfg.max_bytes, cores)
-    );
+    print!("{}", comm_baselines(&cfg, ranks));
     println!(
         "# out of bounds values : {wrong} {}",
         if wrong == 0 { "OK" } else { "FAILED" }
@@ -425,6 +411,29 @@ fn bench_comm(what: BenchWhat) -> Result<(), String> {
     } else {
         Err(format!("{wrong} wrong elements"))
     }
+}
+
+/// The host collectives' baselines, measured after the table (same run): single-thread and
+/// all-cores memcpy of the largest size, and the roofline of the op from the memory's read and
+/// streaming-write rates.
+fn comm_baselines(cfg: &CommBench, ranks: usize) -> String {
+    let bytes = cfg.max_bytes;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rates = ferrotron::bench::memory_rates(bytes, cores);
+    let (reads, writes) = comm::minimal_traffic(cfg.op, ranks);
+    format!(
+        "# baseline: single-thread memcpy of {bytes} bytes: {:.2} GB/s (same run)\n\
+         # baseline: {cores}-thread memcpy of {bytes} bytes: {:.2} GB/s (all cores at once)\n\
+         # roofline: memory read {:.2} GB/s, streaming write {:.2} GB/s ({cores} threads, same run); \
+         {:?} on {ranks} ranks reads {reads}x and writes {writes}x its size at least: \
+         busbw <= {:.2} GB/s\n",
+        ferrotron::bench::memcpy_gbps(bytes),
+        ferrotron::bench::memcpy_parallel_gbps(bytes, cores),
+        rates.read_gbps,
+        rates.write_gbps,
+        cfg.op,
+        comm::roofline_busbw(cfg.op, ranks, rates),
+    )
 }
 
 /// `bench comm --backend peer-emu|peer-gpu`: the peer communicator's kernels on `ranks`

@@ -30,7 +30,7 @@ mod stream;
 pub use bf16::{bf16_to_f32, f32_to_bf16};
 pub use copy::copy_to;
 pub use reduce::{reduce, LANES};
-pub use stream::{last_level_cache_bytes, Stores};
+pub use stream::{fill, last_level_cache_bytes, Stores};
 
 /// The element types the reductions handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

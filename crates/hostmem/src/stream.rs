@@ -96,6 +96,32 @@ pub(crate) unsafe fn copy_streaming(src: *const u8, dst: *mut u8, bytes: usize) 
     }
 }
 
+/// Sets every byte of `dst` to `byte` with `stores`: with [`Stores::Streaming`], the memory's
+/// write rate without the cache or read-for-ownership in the way (a benchmark's baseline for
+/// write-bound collectives), fenced before return.
+pub fn fill(dst: &mut [u8], byte: u8, stores: Stores) {
+    #[cfg(target_arch = "x86_64")]
+    if stores == Stores::Streaming {
+        use std::arch::x86_64::{__m128i, _mm_set1_epi8, _mm_stream_si128};
+        let head = dst.as_ptr().align_offset(16).min(dst.len());
+        let (start, rest) = dst.split_at_mut(head);
+        start.fill(byte);
+        let body = rest.len() / 16 * 16;
+        let (mid, end) = rest.split_at_mut(body);
+        // SAFETY: `_mm_set1_epi8` needs only SSE2 (always on x86-64).
+        let v = unsafe { _mm_set1_epi8(byte as i8) };
+        for chunk in mid.chunks_exact_mut(16) {
+            // SAFETY: `chunk` is 16 writable bytes at a 16-byte aligned address (after `head`).
+            unsafe { _mm_stream_si128(chunk.as_mut_ptr() as *mut __m128i, v) };
+        }
+        end.fill(byte);
+        fence();
+        return;
+    }
+    let _ = stores;
+    dst.fill(byte);
+}
+
 /// Orders every streaming store before later stores (a lock release that publishes the data):
 /// x86-64 `sfence`; nothing elsewhere.
 #[inline(always)]
@@ -121,6 +147,23 @@ mod tests {
         assert!((64 << 10..=4 << 30).contains(&llc), "{llc}");
         assert_eq!(Stores::for_total(llc), Stores::Cached);
         assert_eq!(Stores::for_total(llc + 1), Stores::Streaming);
+    }
+
+    #[test]
+    fn fills_cover_exactly_their_bytes() {
+        for stores in [Stores::Cached, Stores::Streaming] {
+            for skew in 0..16 {
+                for len in [0, 1, 15, 16, 17, 100] {
+                    let mut buf = vec![0u8; len + 32];
+                    fill(&mut buf[skew..skew + len], 0xC3, stores);
+                    assert!(buf[skew..skew + len].iter().all(|&b| b == 0xC3));
+                    assert!(buf[..skew]
+                        .iter()
+                        .chain(&buf[skew + len..])
+                        .all(|&b| b == 0));
+                }
+            }
+        }
     }
 
     #[test]
