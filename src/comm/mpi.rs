@@ -1382,13 +1382,6 @@ impl Drop for Ticket {
     }
 }
 
-/// Where element `off` of `raw` starts.
-fn elem_ptr(raw: Raw, off: usize) -> *mut u8 {
-    assert!(off <= raw.len, "offset {off} beyond {} elements", raw.len);
-    // SAFETY: `off` is within the buffer (checked), whose elements are `dtype`-sized.
-    unsafe { raw.ptr.add(off * raw.dtype.size_in_bytes()) }
-}
-
 /// Splits `0..n` into `size` contiguous blocks, as evenly as possible.
 fn blocks(n: usize, size: usize) -> Vec<(usize, usize)> {
     (0..size)
@@ -1544,7 +1537,7 @@ impl MpiComm {
                 let mut xfers = Vec::new();
                 for q in (0..p).filter(|&q| q != me) {
                     xfers.push(inner.data(q, st.ptr, counts[me] * es, false));
-                    let dst = elem_ptr(w[0], offs[q]);
+                    let dst = w[0].at(offs[q]);
                     xfers.push(inner.data(q, dst, counts[q] * es, true).into_tensor());
                 }
                 inner.exchange(&xfers, &inner.data_what(OP, seq))?;
@@ -1691,7 +1684,7 @@ impl Communicator for MpiComm {
                 for q in (0..p).filter(|&q| q != me) {
                     let (ql, qh) = b[q];
                     xfers.push(inner.data(q, st.at(lo * es), cm * es, false));
-                    let dst = elem_ptr(w[0], ql);
+                    let dst = w[0].at(ql);
                     xfers.push(inner.data(q, dst, (qh - ql) * es, true).into_tensor());
                 }
                 inner.exchange(&xfers, &inner.data_what(OP, seq))?;

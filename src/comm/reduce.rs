@@ -27,13 +27,13 @@ unsafe impl Send for Raw {}
 unsafe impl Sync for Raw {}
 
 impl Raw {
-    /// The address of element `off`.
+    /// Where element `off` starts (`off == len`: one past the end).
     ///
-    /// # Safety
-    /// `off <= len`.
-    unsafe fn at(self, off: usize) -> *mut u8 {
-        debug_assert!(off <= self.len);
-        // SAFETY: per this function's contract, within (or one past) the buffer.
+    /// Panics if `off > len`.
+    pub(crate) fn at(self, off: usize) -> *mut u8 {
+        assert!(off <= self.len, "offset {off} beyond {} elements", self.len);
+        // SAFETY: `off` is within (or one past) the buffer, checked above, whose elements are
+        // `dtype`-sized.
         unsafe { self.ptr.add(off * self.dtype.size_in_bytes()) }
     }
 }
@@ -53,10 +53,8 @@ fn with_addrs(
     let (mut s, mut d) = ADDRS.with(|a| a.take());
     s.clear();
     d.clear();
-    // SAFETY: the callers' contracts put every offset within its buffer.
-    s.extend(srcs.iter().map(|&(r, o)| unsafe { r.at(o) }.cast_const()));
-    // SAFETY: as above.
-    d.extend(dsts.iter().map(|&(r, o)| unsafe { r.at(o) }));
+    s.extend(srcs.iter().map(|&(r, o)| r.at(o).cast_const()));
+    d.extend(dsts.iter().map(|&(r, o)| r.at(o)));
     f(&s, &d);
     ADDRS.with(|a| a.set((s, d)));
 }

@@ -6,8 +6,10 @@
 //! and their signatures agree, each rank does its share of the work straight between the
 //! published buffers (all-reduce: rank `r` reduces block `r` of every input, in rank order, and
 //! writes it into block `r` of every buffer: each element read once per input and written once
-//! per output, with no staging copy), then all meet at a closing barrier before any buffer is
-//! released. No lock is held while data moves; the rendezvous lock only guards the bookkeeping.
+//! per output, with no staging copy; all-gather and broadcast: rank `r` copies block `r` of the
+//! gathered result into every output, reading each input element once), then all meet at a
+//! closing barrier before any buffer is released. No lock is held while data moves; the
+//! rendezvous lock only guards the bookkeeping. The loops are `hostmem`'s (see `reduce`).
 
 use super::reduce::{self, Raw};
 use super::{
