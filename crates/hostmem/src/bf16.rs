@@ -2,7 +2,7 @@
 
 /// bf16 bits to f32 (exact).
 #[inline(always)]
-pub fn bf16_to_f32(b: u16) -> f32 {
+pub(crate) fn bf16_to_f32(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
@@ -10,7 +10,7 @@ pub fn bf16_to_f32(b: u16) -> f32 {
 /// stay infinite, and finite values past the largest bf16 round to infinity. Bitwise the same as
 /// `half::bf16::from_f32`, without branches in the finite case.
 #[inline(always)]
-pub fn f32_to_bf16(x: f32) -> u16 {
+pub(crate) fn f32_to_bf16(x: f32) -> u16 {
     let b = x.to_bits();
     // Adding 0x7fff (+1 when the kept part is odd) carries into bit 16 exactly when the dropped
     // half is above one half, or equal to it with an odd kept part.

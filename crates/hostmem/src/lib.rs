@@ -27,7 +27,7 @@ mod copy;
 mod reduce;
 mod stream;
 
-pub use bf16::{bf16_to_f32, f32_to_bf16};
+use bf16::{bf16_to_f32, f32_to_bf16};
 pub use copy::copy_to;
 pub use reduce::{reduce, LANES};
 pub use stream::{fill, last_level_cache_bytes, Stores};
@@ -39,16 +39,6 @@ pub enum Elem {
     F32,
     /// bfloat16 (the upper half of a binary32), reduced in f32.
     BF16,
-}
-
-impl Elem {
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            Elem::F32 => 4,
-            Elem::BF16 => 2,
-        }
-    }
 }
 
 /// How [`reduce`] combines its sources.

@@ -57,8 +57,8 @@ unsafe fn reduce_any(elem: Elem, op: Op, srcs: &[*const u8], dsts: &[*mut u8], n
     unsafe {
         match op {
             Op::Sum => by_elem(elem, srcs, dsts, n, |a, b| a + b, |a| a),
-            Op::Avg if srcs.len() > 1 => by_elem(elem, srcs, dsts, n, |a, b| a + b, |a| a / k),
-            Op::Avg => by_elem(elem, srcs, dsts, n, |a, b| a + b, |a| a),
+            // With one source, a / 1 is exact: no special case.
+            Op::Avg => by_elem(elem, srcs, dsts, n, |a, b| a + b, |a| a / k),
             Op::Max => by_elem(elem, srcs, dsts, n, |a, b| nan_or(a, b, a.max(b)), |a| a),
             Op::Min => by_elem(elem, srcs, dsts, n, |a, b| nan_or(a, b, a.min(b)), |a| a),
         }
